@@ -1,0 +1,27 @@
+# make setup   virtual environment with the pinned dependencies, and pycaffe built into ~/.cache/segbench
+# make demo    setup, then the workflow on the bundled demo (config.yaml)
+# make test    setup, then the test suite
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.requirements-installed
+	tools/caffe/build.sh $(BIN)/python
+
+$(VENV)/.requirements-installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores 4
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf work results logs .snakemake report.html

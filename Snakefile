@@ -1,0 +1,34 @@
+# segbench: accuracy and speed of a pretrained segmentation model on a labelled dataset.
+#
+#   snakemake --cores 4                       # the runs in config.yaml
+#   snakemake --cores 4 --configfile my.yaml  # another configuration
+#
+# decode ground truth -> resize -> inference -> per-image metrics -> aggregation;
+# every step writes files, so a change reruns only what depends on it.
+
+import sys
+
+sys.path.insert(0, workflow.basedir)  # segbench/ next to this file, also when not pip-installed
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/labels.smk"
+include: "rules/inputs.smk"
+include: "rules/inference.smk"
+include: "rules/metrics.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    input:
+        expand("results/{run}/summary.json", run=RUNS),
+        expand("results/{run}/per_image.csv", run=RUNS),
+        expand("results/{run}/per_class.csv", run=RUNS),
+    default_target: True

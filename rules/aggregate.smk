@@ -1,0 +1,25 @@
+# Aggregation per run: dataset metrics from the summed confusion matrix, the means
+# of the per-image values, timing statistics and provenance.
+
+
+rule aggregate:
+    input:
+        metrics=lambda w: [P.image_metrics_json(w.run, i) for i in PLAN.ids],
+        shards=lambda w: [P.shard_json(w.run, s) for s in range(len(PLAN.shards))],
+        prototxt=lambda w: config["models"][config["runs"][w.run]["model"]]["prototxt"],
+        weights=lambda w: config["models"][config["runs"][w.run]["model"]]["weights"],
+    output:
+        summary="results/{run}/summary.json",
+        per_image="results/{run}/per_image.csv",
+        per_class="results/{run}/per_class.csv",
+    params:
+        run=lambda w: config["runs"][w.run],
+        model=lambda w: config["models"][config["runs"][w.run]["model"]],
+        class_names=DATA["class_names"],
+        ignore_label=DATA["ignore_label"],
+    wildcard_constraints:
+        run="|".join(re.escape(r) for r in RUNS),
+    log:
+        "logs/{run}/aggregate.log",
+    script:
+        "../scripts/aggregate.py"

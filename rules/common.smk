@@ -1,0 +1,26 @@
+# Configuration checks and file names shared by all rules.
+
+import re
+
+from segbench import SegbenchError
+from segbench import config as segbench_config
+from segbench import dataset, plan as P
+from snakemake.exceptions import WorkflowError
+
+try:
+    segbench_config.validate(config)
+    PLAN = P.Plan.from_config(config)
+except SegbenchError as error:
+    raise WorkflowError(f"segbench: {error}") from None
+
+DATA = config["dataset"]
+RUNS = list(config["runs"])
+STEP_MODULES = [f"{workflow.basedir}/segbench/{m}.py" for m in ("steps", "labels", "images", "metrics")]
+
+
+def gt_pngs(ids):
+    return [dataset.label_path(DATA["root"], i) for i in ids]
+
+
+def run_log(step, run, index):
+    return f"logs/{run}/{step}/{index:04d}.log"

@@ -1,0 +1,36 @@
+# Inference: one job per run and shard of `inference.shard_size` images; the model
+# is loaded once per job. Jobs ask for one `inference_slot`, of which the workflow
+# profile (profiles/default) allows one at a time, so that timings are not
+# disturbed by another inference job; `inference.exclusive: false` lifts that.
+
+INFERENCE = config["inference"]
+
+for _run in RUNS:
+    _spec = config["runs"][_run]
+    _model = config["models"][_spec["model"]]
+    _key = P.resize_key(_spec["resize"])
+    for _s, _ids in enumerate(PLAN.shards):
+
+        rule:
+            name:
+                f"infer_{_run}_{_s:04d}"
+            input:
+                inputs=[P.input_npz(_key, i) for i in _ids],
+                prototxt=_model["prototxt"],
+                weights=_model["weights"],
+            output:
+                predictions=[P.prediction_png(_run, i) for i in _ids],
+                shard=P.shard_json(_run, _s),
+            params:
+                ids=_ids,
+                model=_model,
+                backend=_spec["backend"],
+                device=_spec["device"],
+                resize=_spec["resize"],
+                warmup=INFERENCE["warmup"],
+            resources:
+                inference_slot=1 if INFERENCE["exclusive"] else 0,
+            log:
+                run_log("inference", _run, _s),
+            script:
+                "../scripts/infer.py"

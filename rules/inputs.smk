@@ -1,0 +1,18 @@
+# Resize: photos -> network inputs, per resize setting; runs with the same setting share them.
+
+for _key, _size in PLAN.resize_keys.items():
+    for _b, _ids in enumerate(PLAN.batches):
+
+        rule:
+            name:
+                f"prepare_inputs_{_key}_{_b:04d}"
+            input:
+                [dataset.image_path(DATA["root"], i) for i in _ids],
+            output:
+                [P.input_npz(_key, i) for i in _ids],
+            params:
+                resize=_size,
+            log:
+                f"logs/inputs/{_key}/{_b:04d}.log",
+            script:
+                "../scripts/prepare_inputs.py"

@@ -1,0 +1,23 @@
+# Per-image metrics: the confusion matrix of each image (ignore label excluded)
+# and its per-image values, one job per run and batch.
+
+for _run in RUNS:
+    for _b, _ids in enumerate(PLAN.batches):
+
+        rule:
+            name:
+                f"score_{_run}_{_b:04d}"
+            input:
+                labels=[P.label_npy(i) for i in _ids],
+                predictions=[P.prediction_png(_run, i) for i in _ids],
+            output:
+                [P.image_metrics_json(_run, i) for i in _ids],
+            params:
+                ids=_ids,
+                label_pngs=gt_pngs(_ids),
+                num_classes=DATA["num_classes"],
+                ignore_label=DATA["ignore_label"],
+            log:
+                run_log("metrics", _run, _b),
+            script:
+                "../scripts/score_images.py"

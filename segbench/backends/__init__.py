@@ -1,0 +1,35 @@
+"""Inference backends. Each one loads a model once and runs one image at a time.
+
+A backend class takes (prototxt, weights, device, input_blob, output_blob) and
+offers `forward(blob) -> (scores, seconds)`, where `blob` is a (1, 3, H, W)
+float32 array, `scores` are the (C, H, W) class scores and `seconds` the time of
+the forward pass alone; and `provenance()`, a dict naming what ran.
+"""
+
+import importlib
+
+from .. import SegbenchError
+
+BACKENDS = {"caffe": "segbench.backends.caffe_backend:CaffeBackend"}
+
+
+class BackendError(SegbenchError):
+    pass
+
+
+def parse_device(device):
+    """'cpu' -> ('cpu', None); 'gpu:N' -> ('gpu', N)."""
+    if device == "cpu":
+        return "cpu", None
+    kind, _, index = device.partition(":")
+    if kind == "gpu" and index.isdigit():
+        return "gpu", int(index)
+    raise BackendError(f"device must be 'cpu' or 'gpu:N', got {device!r}")
+
+
+def load_backend(name, **model):
+    """Load a model with the backend called `name` (a key of BACKENDS)."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)(**model)

@@ -1,0 +1,100 @@
+"""The Caffe backend (pycaffe).
+
+Caffe reports many errors through glog's fatal checks, which abort the whole
+process: a missing file, a prototxt that does not parse, a GPU call in a
+CPU-only build. So every such condition is checked in Python first.
+"""
+
+import os
+import time
+from pathlib import Path
+
+from . import BackendError, parse_device
+
+# The string behind Caffe's NO_GPU check exists only in CPU-only builds.
+_CPU_ONLY_MARKER = b"Cannot use GPU in CPU-only Caffe"
+
+
+def import_caffe():
+    os.environ.setdefault("GLOG_minloglevel", "2")  # keep Caffe's per-layer log out of job logs
+    try:
+        import caffe
+    except ImportError as error:
+        raise BackendError(f"cannot import pycaffe ({error}); run 'make setup', which builds it "
+                           f"and links it into .venv") from None
+    return caffe
+
+
+def caffe_is_cpu_only(caffe):
+    library = Path(caffe._caffe.__file__)
+    return _CPU_ONLY_MARKER in library.read_bytes()
+
+
+def _check_prototxt(caffe, prototxt):
+    from google.protobuf import text_format
+    from caffe.proto import caffe_pb2
+
+    try:
+        text_format.Merge(Path(prototxt).read_text(), caffe_pb2.NetParameter())
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise BackendError(f"{prototxt}: not a valid Caffe prototxt: {error}") from None
+
+
+class CaffeBackend:
+    name = "caffe"
+
+    def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score"):
+        for path in (prototxt, weights):
+            if not Path(path).is_file():
+                raise BackendError(f"{path}: model file not found")
+        if Path(weights).stat().st_size == 0:
+            raise BackendError(f"{weights}: weights file is empty")
+        kind, index = parse_device(device)
+        caffe = import_caffe()
+        if kind == "gpu":
+            if caffe_is_cpu_only(caffe):
+                raise BackendError(
+                    f"device {device} asked for, but the Caffe at {Path(caffe.__file__).parent} was "
+                    f"built CPU-only; use device: cpu, or point segbench at a Caffe built with CUDA")
+            caffe.set_mode_gpu()
+            caffe.set_device(index)
+        else:
+            caffe.set_mode_cpu()
+        _check_prototxt(caffe, prototxt)
+        self.caffe = caffe
+        self.device = device
+        self.prototxt, self.weights = str(prototxt), str(weights)
+        start = time.perf_counter()
+        self.net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
+        self.load_seconds = time.perf_counter() - start
+        for role, blob in (("input", input_blob), ("output", output_blob)):
+            if blob not in self.net.blobs:
+                raise BackendError(f"{prototxt}: the net has no {role} blob {blob!r} "
+                                   f"(blobs: {', '.join(self.net.blobs)})")
+        self.input_blob, self.output_blob = input_blob, output_blob
+        self._gpu = kind == "gpu"
+
+    def forward(self, blob):
+        data = self.net.blobs[self.input_blob]
+        if tuple(data.data.shape) != blob.shape:
+            # FCN style: the net takes each image at its own size.
+            data.reshape(*blob.shape)
+            self.net.reshape()
+        data.data[...] = blob
+        start = time.perf_counter()
+        self.net.forward()
+        scores = self.net.blobs[self.output_blob].data  # on a GPU, reading the output waits for the device
+        seconds = time.perf_counter() - start
+        if scores.ndim != 4 or scores.shape[0] != 1:
+            raise BackendError(f"{self.prototxt}: output blob {self.output_blob!r} has shape "
+                               f"{scores.shape}; expected (1, classes, height, width)")
+        return scores[0].copy(), seconds
+
+    def provenance(self):
+        return {
+            "backend": self.name,
+            "backend_version": str(getattr(self.caffe, "__version__", "unknown")),
+            "backend_module": str(Path(self.caffe.__file__).parent),
+            "backend_cpu_only": caffe_is_cpu_only(self.caffe),
+            "device": self.device,
+        }

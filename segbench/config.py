@@ -1,0 +1,70 @@
+"""Loading and checking a segbench configuration before anything runs."""
+
+import copy
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft7Validator, validators
+
+from . import SegbenchError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(SegbenchError):
+    pass
+
+
+def _with_defaults(validator_class):
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": fill_defaults})
+
+
+_Validator = _with_defaults(Draft7Validator)
+
+
+def _where(error):
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate(config):
+    """Fill in defaults and check `config` (a dict, changed in place) against the schema and itself.
+
+    Raises ConfigError naming every key at fault. Checks only the configuration, not the files.
+    """
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_where(e)}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    problems = []
+    dataset = config["dataset"]
+    if len(dataset["class_names"]) != dataset["num_classes"]:
+        problems.append(f"dataset.class_names has {len(dataset['class_names'])} names but "
+                        f"dataset.num_classes is {dataset['num_classes']}")
+    for name, run in config["runs"].items():
+        if run["model"] not in config["models"]:
+            problems.append(f"runs.{name}.model: {run['model']!r} is not one of models: "
+                            f"{', '.join(config['models'])}")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    return config
+
+
+def load(path):
+    """Read and validate a YAML configuration file."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return validate(config if config is not None else {})

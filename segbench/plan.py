@@ -1,0 +1,67 @@
+"""Where every file of a workflow run lives, and how images are grouped into jobs.
+
+The Snakefile and the step functions both use these names, so a path is
+spelled in one place.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import dataset
+from .config import ConfigError
+
+WORK = "work"
+RESULTS = "results"
+
+
+def resize_key(resize):
+    """Name of a resize setting: runs with the same setting share their network inputs."""
+    return "native" if resize is None else f"{resize[0]}x{resize[1]}"
+
+
+def label_npy(image_id):
+    return f"{WORK}/labels/{image_id}.npy"
+
+
+def input_npz(key, image_id):
+    return f"{WORK}/inputs/{key}/{image_id}.npz"
+
+
+def prediction_png(run, image_id):
+    return f"{RESULTS}/{run}/predictions/{image_id}.png"
+
+
+def shard_json(run, shard):
+    return f"{WORK}/runs/{run}/inference/shard-{shard:04d}.json"
+
+
+def image_metrics_json(run, image_id):
+    return f"{WORK}/runs/{run}/metrics/{image_id}.json"
+
+
+def chunks(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+@dataclass
+class Plan:
+    ids: list
+    batches: list  # image ids per job of the cheap per-image steps
+    shards: list  # image ids per inference job
+    resize_keys: dict  # resize key -> [H, W] or None, for the resize settings that runs use
+
+    @classmethod
+    def from_config(cls, config):
+        """Read the split and check that every file the runs need exists, before any job starts."""
+        data = config["dataset"]
+        ids = dataset.split_ids(data["root"], data["split"], data["limit"])
+        dataset.check_files(data["root"], ids, data["split"])
+        used_models = {run["model"] for run in config["runs"].values()}
+        missing = [f"models.{name}.{key}: {config['models'][name][key]}"
+                   for name in sorted(used_models) for key in ("prototxt", "weights")
+                   if not Path(config["models"][name][key]).is_file()]
+        if missing:
+            raise ConfigError("model file(s) not found:\n" + "\n".join(f"  {m}" for m in missing))
+        keys = {resize_key(run["resize"]): run["resize"] for run in config["runs"].values()}
+        return cls(ids=ids, batches=chunks(ids, config["batch_size"]),
+                   shards=chunks(ids, config["inference"]["shard_size"]), resize_keys=keys)

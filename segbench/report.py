@@ -1,0 +1,120 @@
+"""Aggregating one run: dataset metrics from the summed confusion matrix, per-image means, timing."""
+
+import csv
+import logging
+
+import numpy as np
+
+from . import metrics, provenance
+from .files import atomic_path, read_json, write_json
+from .timing import forward_time_stats
+
+log = logging.getLogger("segbench")
+
+PER_IMAGE_COLUMNS = ["image_id", "height", "width", "valid_pixels", "void_pixels", "pixel_accuracy",
+                     "pixel_accuracy_void_as_error", "mean_iou", "forward_s"]
+PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "accuracy", "gt_pixels", "pred_pixels"]
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _write_csv(path, columns, rows):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for row in rows:
+                # An undefined value (NaN) is written as an empty cell.
+                writer.writerow(["" if isinstance(v, float) and not np.isfinite(v) else v for v in row])
+
+
+def summarize(image_records, shard_records, class_names):
+    """The summary dict of a run from its per-image metric records and its inference shard records."""
+    num_classes = len(class_names)
+    hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+    void = 0
+    for record in image_records:
+        hist += np.asarray(record["confusion"], dtype=np.int64)
+        void += record["void_pixels"]
+    dataset = metrics.scores(hist, void_pixels=void)
+    forward = [image["forward_s"] for shard in shard_records for image in shard["images"]]
+    loads = [shard["model_load_s"] for shard in shard_records]
+    timing = forward_time_stats(forward)
+    timing.update({
+        "warmup": shard_records[0]["warmup"] if shard_records else 0,
+        "model_load_s": float(np.median(loads)) if loads else float("nan"),
+        "model_loads": len(loads),
+    })
+
+    def per_image_mean(key):
+        values = np.array([r[key] if r[key] is not None else np.nan for r in image_records], dtype=float)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+    return {
+        "images": len(image_records),
+        "pixel_accuracy": dataset["pixel_accuracy"],
+        "pixel_accuracy_void_as_error": dataset["pixel_accuracy_void_as_error"],
+        "mean_accuracy": dataset["mean_accuracy"],
+        "mean_iou": dataset["mean_iou"],
+        "fw_iou": dataset["fw_iou"],
+        "per_class": {
+            name: {"iou": _finite_or_none(dataset["class_iou"][c]),
+                   "accuracy": _finite_or_none(dataset["class_accuracy"][c]),
+                   "gt_pixels": int(dataset["gt_pixels"][c]), "pred_pixels": int(dataset["pred_pixels"][c])}
+            for c, name in enumerate(class_names)
+        },
+        "per_image_means": {key: per_image_mean(key)
+                            for key in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_iou")},
+        "timing": timing,
+        "conventions": {
+            "dataset_metrics": "computed from the confusion matrix summed over all images",
+            "per_image_means": "mean over images of each image's own value (images where it is undefined skipped)",
+            "nan": "a class absent from both ground truth and prediction has IoU and accuracy null and is "
+                   "left out of the means; a class predicted but absent from the ground truth has IoU 0",
+            "void": "pixels with the ignore label are excluded from the confusion matrix; "
+                    "pixel_accuracy_void_as_error counts them as wrong",
+            "pred_pixels": "predicted pixels of each class among non-void pixels",
+            "variance_s2": "population variance (ddof=0) of the per-image forward times",
+        },
+    }
+
+
+def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons, shard_jsons,
+                  summary_out, per_image_out, per_class_out):
+    images = [read_json(p) for p in metric_jsons]
+    shards = [read_json(p) for p in shard_jsons]
+    summary = summarize(images, shards, class_names)
+    forward_by_id = {i["id"]: i["forward_s"] for s in shards for i in s["images"]}
+    backend = shards[0]["provenance"] if shards else {}
+    summary["provenance"] = {
+        "run": run_name,
+        **backend,
+        "resize": run["resize"],
+        "ignore_label": ignore_label,
+        "model": {
+            "prototxt": model["prototxt"], "prototxt_sha256": provenance.sha256_file(model["prototxt"]),
+            "weights": model["weights"], "weights_sha256": provenance.sha256_file(model["weights"]),
+            "mean": model["mean"], "scale": model["scale"], "channel_order": model["channel_order"],
+            "output_blob": model["output_blob"],
+        },
+        **provenance.environment(),
+    }
+    write_json(summary_out, summary)
+    _write_csv(per_image_out, PER_IMAGE_COLUMNS, (
+        [r["id"], r["height"], r["width"], r["valid_pixels"], r["void_pixels"],
+         _nan_if_none(r["pixel_accuracy"]), _nan_if_none(r["pixel_accuracy_void_as_error"]),
+         _nan_if_none(r["mean_iou"]), forward_by_id[r["id"]]] for r in images))
+    _write_csv(per_class_out, PER_CLASS_COLUMNS, (
+        [c, name, _nan_if_none(summary["per_class"][name]["iou"]), _nan_if_none(summary["per_class"][name]["accuracy"]),
+         summary["per_class"][name]["gt_pixels"], summary["per_class"][name]["pred_pixels"]]
+        for c, name in enumerate(class_names)))
+    log.info("%s: %d images, pixel accuracy %.4f, mean IoU %.4f", run_name, summary["images"],
+             summary["pixel_accuracy"], summary["mean_iou"])
+    return summary
+
+
+def _nan_if_none(value):
+    return float("nan") if value is None else value

@@ -1,0 +1,27 @@
+"""Forward-pass timing statistics."""
+
+import numpy as np
+
+
+def forward_time_stats(seconds):
+    """Summary statistics of per-image forward times, in seconds.
+
+    The variance is the population variance (numpy's default, ddof=0); the
+    percentiles use linear interpolation between the closest ranks.
+    """
+    t = np.asarray(seconds, dtype=np.float64)
+    if t.size == 0:
+        nan = float("nan")
+        return {"images": 0, "total_s": 0.0, "mean_s": nan, "variance_s2": nan, "median_s": nan,
+                "p90_s": nan, "p99_s": nan, "min_s": nan, "max_s": nan}
+    return {
+        "images": int(t.size),
+        "total_s": float(t.sum()),
+        "mean_s": float(t.mean()),
+        "variance_s2": float(t.var()),
+        "median_s": float(np.median(t)),
+        "p90_s": float(np.percentile(t, 90)),
+        "p99_s": float(np.percentile(t, 99)),
+        "min_s": float(t.min()),
+        "max_s": float(t.max()),
+    }
