@@ -40,7 +40,7 @@ N_IMAGES = 24
 SIZE_RANGE = (96, 240)          # inclusive bounds for both height and width
 FIRST_SIZE = (131, 177)         # (H, W): pin one odd, non-square size
 JPEG_QUALITY = 90
-VOID_RADIUS = 2.0               # px either side of an object boundary -> 255
+VOID_RADIUS = 2.0               # pixels this close to a class boundary (either side) -> 255
 
 # FCN's published BGR mean, so the demo net and the real FCN-8s share one recipe.
 MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
@@ -182,6 +182,7 @@ def add_void_band(labels, radius):
     edge[:-1, :] |= dy
     edge[:, 1:] |= dx
     edge[:, :-1] |= dx
+    # `edge` already holds the first pixel on each side, hence radius - 1.
     near = ndimage.distance_transform_edt(~edge) <= radius - 1
     out = labels.copy()
     out[near] = 255
@@ -196,7 +197,10 @@ def write_dataset(root, rng):
     stream = class_stream(rng)
     ids = []
     for i in range(N_IMAGES):
-        h, w = FIRST_SIZE if i == 0 else tuple(int(v) for v in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, 2))
+        if i == 0:
+            h, w = FIRST_SIZE
+        else:
+            h, w = (int(v) for v in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, 2))
         k = int(rng.integers(2, 5))
         classes = []
         while len(classes) < k:  # distinct classes within one image

@@ -1,0 +1,81 @@
+"""The pycaffe that `make setup` builds: large weight files, and the GPU guard of a CPU-only build."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from segbench.backends import BackendError, load_backend
+from segbench.backends.caffe_backend import caffe_is_cpu_only, import_caffe
+
+caffe = import_caffe()
+
+# 4096 inputs x 33000 outputs of float32 weights: 540.7 MB, over the 512 MiB
+# (536,870,912 bytes) that the sdist's protobuf reader accepted.
+BIG_NET = """
+name: "big"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4096 dim: 1 dim: 1 } } }
+layer { name: "big" type: "Convolution" bottom: "data" top: "score"
+        convolution_param { num_output: 33000 kernel_size: 1 } }
+"""
+
+
+@pytest.mark.slow
+def test_loads_weights_over_512_mib(tmp_path):
+    prototxt = tmp_path / "big.prototxt"
+    prototxt.write_text(BIG_NET)
+    weights = tmp_path / "big.caffemodel"
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    net.params["big"][0].data[...] = 0.001
+    net.params["big"][1].data[...] = np.arange(33000, dtype=np.float32)
+    net.save(str(weights))
+    del net
+    assert weights.stat().st_size > 512 * 1024 * 1024
+
+    # Load in a fresh process: a rejected file aborts the process, which a test must survive.
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from segbench.backends.caffe_backend import import_caffe
+        caffe = import_caffe()
+        net = caffe.Net({str(prototxt)!r}, caffe.TEST, weights={str(weights)!r})
+        net.blobs["data"].data[...] = 1.0
+        out = net.forward()["score"].ravel()
+        print(out[0], out[12345], out[-1])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Each output is 4096 * 0.001 + its bias (the output's index).
+    values = [float(v) for v in result.stdout.split()]
+    assert values == pytest.approx([4.096, 4.096 + 12345, 4.096 + 32999], rel=1e-5)
+
+
+def test_build_is_cpu_only():
+    assert caffe_is_cpu_only(caffe)
+
+
+def test_gpu_device_is_refused_before_any_gpu_call(tmp_path):
+    # On a CPU-only Caffe a GPU call aborts the process; the backend must refuse first,
+    # in this very process (if it aborted, the test run itself would die).
+    prototxt = tmp_path / "tiny.prototxt"
+    prototxt.write_text(BIG_NET.replace("4096", "3").replace("33000", "2"))
+    weights = tmp_path / "tiny.caffemodel"
+    caffe.Net(str(prototxt), caffe.TEST).save(str(weights))
+    with pytest.raises(BackendError, match=r"gpu:0.*CPU-only"):
+        load_backend("caffe", prototxt=str(prototxt), weights=str(weights), device="gpu:0")
+
+
+def test_missing_and_broken_model_files_are_refused(tmp_path):
+    prototxt = tmp_path / "tiny.prototxt"
+    prototxt.write_text(BIG_NET.replace("4096", "3").replace("33000", "2"))
+    weights = tmp_path / "tiny.caffemodel"
+    caffe.Net(str(prototxt), caffe.TEST).save(str(weights))
+    with pytest.raises(BackendError, match="missing.caffemodel: model file not found"):
+        load_backend("caffe", prototxt=str(prototxt), weights=str(tmp_path / "missing.caffemodel"))
+    broken = tmp_path / "broken.prototxt"
+    broken.write_text("layer { name: 'data' type: 'Input' top: 'data' ")
+    with pytest.raises(BackendError, match="broken.prototxt: not a valid Caffe prototxt"):
+        load_backend("caffe", prototxt=str(broken), weights=str(weights))
+    with pytest.raises(BackendError, match="no output blob 'prob'"):
+        load_backend("caffe", prototxt=str(prototxt), weights=str(weights), output_blob="prob")
