@@ -1,0 +1,173 @@
+"""The whole chain through the real Snakemake and the real pycaffe, on a copy of the bundled demo."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+from segbench.backends.caffe_backend import import_caffe
+from workflow_helpers import leftovers, make_workdir, planned_jobs, read_config, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-caffe-cpu-160"]
+IDS = [f"demo_{i:03d}" for i in range(12)]  # limit 12, batches of 4, shards of 5
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A working directory in which the whole workflow has run once."""
+    workdir = make_workdir(tmp_path_factory.mktemp("wf") / "done")
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.fixture
+def copy_of_finished(finished, tmp_path):
+    # copytree keeps modification times, so Snakemake sees the copy as up to date.
+    return shutil.copytree(finished, tmp_path / "copy", symlinks=True)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_output_contract(finished):
+    for run in RUNS:
+        out = finished / "results" / run
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["images"] == 12
+        for key in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou"):
+            assert 0 < summary[key] <= 1, key
+        assert summary["pixel_accuracy_void_as_error"] < summary["pixel_accuracy"]  # the demo has void pixels
+        assert 0.75 <= summary["pixel_accuracy"] <= 0.98
+        assert set(summary["per_class"]) == set(read_config(finished)["dataset"]["class_names"])
+        assert set(summary["per_class"]["background"]) == {"iou", "accuracy", "gt_pixels", "pred_pixels"}
+        assert set(summary["per_image_means"]) == {"pixel_accuracy", "pixel_accuracy_void_as_error", "mean_iou"}
+        timing = summary["timing"]
+        assert {"images", "warmup", "total_s", "mean_s", "variance_s2", "median_s", "p90_s", "p99_s",
+                "min_s", "max_s", "model_load_s"} <= set(timing)
+        assert timing["images"] == 12 and timing["warmup"] == 2
+        assert timing["min_s"] <= timing["median_s"] <= timing["p90_s"] <= timing["p99_s"] <= timing["max_s"]
+        assert timing["model_loads"] == 3  # one load per shard of 5 images
+        prov = summary["provenance"]
+        assert prov["backend"] == "caffe" and prov["device"] == "cpu"
+        assert prov["backend_module"].endswith("caffe") and os.path.isdir(prov["backend_module"])
+        assert len(prov["model"]["weights_sha256"]) == 64 and len(prov["model"]["prototxt_sha256"]) == 64
+        for key in ("segbench_version", "python_version", "numpy_version", "cpu_model", "backend_version"):
+            assert prov[key], key
+
+        rows = read_csv(out / "per_image.csv")
+        assert list(rows[0]) == ["image_id", "height", "width", "valid_pixels", "void_pixels", "pixel_accuracy",
+                                 "pixel_accuracy_void_as_error", "mean_iou", "forward_s"]
+        assert [r["image_id"] for r in rows] == IDS
+        classes = read_csv(out / "per_class.csv")
+        assert list(classes[0]) == ["class_id", "class_name", "iou", "accuracy", "gt_pixels", "pred_pixels"]
+        assert len(classes) == 21
+
+        for image_id in IDS:
+            prediction = Image.open(out / "predictions" / f"{image_id}.png")
+            truth = Image.open(finished / "VOC" / "SegmentationClass" / f"{image_id}.png")
+            assert prediction.mode == "P" and prediction.size == truth.size
+            assert prediction.getpalette()[:6] == [0, 0, 0, 128, 0, 0]  # VOC palette
+
+
+def test_dataset_metrics_match_an_independent_computation(finished):
+    for run in RUNS:
+        hist = np.zeros((21, 21), dtype=np.int64)
+        void = 0
+        for image_id in IDS:
+            truth = np.array(Image.open(finished / "VOC" / "SegmentationClass" / f"{image_id}.png"))
+            prediction = np.array(Image.open(finished / "results" / run / "predictions" / f"{image_id}.png"))
+            valid = truth != 255
+            void += int((~valid).sum())
+            hist += sk_confusion_matrix(truth[valid], prediction[valid], labels=range(21))
+        summary = json.loads((finished / "results" / run / "summary.json").read_text())
+        correct = np.trace(hist)
+        assert summary["pixel_accuracy"] == pytest.approx(correct / hist.sum(), abs=1e-12)
+        assert summary["pixel_accuracy_void_as_error"] == pytest.approx(correct / (hist.sum() + void), abs=1e-12)
+        present = (hist.sum(0) + hist.sum(1)) > 0
+        iou = np.diag(hist)[present] / (hist.sum(0) + hist.sum(1) - np.diag(hist))[present]
+        assert summary["mean_iou"] == pytest.approx(iou.mean(), abs=1e-12)
+        per_image = read_csv(finished / "results" / run / "per_image.csv")
+        assert sum(int(r["valid_pixels"]) for r in per_image) == hist.sum()
+        assert sum(int(r["void_pixels"]) for r in per_image) == void
+
+
+def test_predictions_equal_pycaffe_run_by_hand(finished):
+    """The native-size run's prediction is what pycaffe gives when driven directly as the model's README says."""
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    net = caffe.Net(str(finished / "model" / "deploy.prototxt"), caffe.TEST,
+                    weights=str(finished / "model" / "fcn-tiny.caffemodel"))
+    for image_id in ("demo_000", "demo_007"):
+        rgb = np.array(Image.open(finished / "VOC" / "JPEGImages" / f"{image_id}.jpg").convert("RGB"), dtype=np.float32)
+        x = (rgb[:, :, ::-1] - np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float32))
+        net.blobs["data"].reshape(1, 3, *rgb.shape[:2])
+        net.reshape()
+        net.blobs["data"].data[...] = x.transpose(2, 0, 1)[None]
+        expected = net.forward()["score"][0].argmax(0)
+        got = np.array(Image.open(finished / "results" / RUNS[0] / "predictions" / f"{image_id}.png"))
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_second_run_does_nothing(copy_of_finished):
+    assert sum(planned_jobs(copy_of_finished).values()) == 0
+    result = snakemake(copy_of_finished)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_ignore_label_reruns_only_metrics_and_aggregation(copy_of_finished):
+    config = read_config(copy_of_finished)
+    config["dataset"]["ignore_label"] = 254
+    write_config(copy_of_finished, config)
+    jobs = planned_jobs(copy_of_finished)
+    assert jobs["decode"] == 0 and jobs["resize"] == 0 and jobs["inference"] == 0
+    assert jobs["metrics"] == 3 * len(RUNS) and jobs["aggregate"] == len(RUNS)
+
+
+def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_finished):
+    config = read_config(copy_of_finished)
+    config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "gpu:0"
+    write_config(copy_of_finished, config)
+    assert planned_jobs(copy_of_finished) | {"all": 0} == {
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "all": 0}
+
+    config = read_config(copy_of_finished)
+    config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "cpu"
+    config["models"]["fcn-tiny-copy"] = dict(config["models"]["fcn-tiny"])
+    shutil.copy(copy_of_finished / "model" / "fcn-tiny.caffemodel", copy_of_finished / "model" / "copy.caffemodel")
+    config["models"]["fcn-tiny-copy"]["weights"] = "model/copy.caffemodel"
+    config["runs"]["fcn-tiny-caffe-cpu-160"]["model"] = "fcn-tiny-copy"
+    write_config(copy_of_finished, config)
+    assert planned_jobs(copy_of_finished) | {"all": 0} == {
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "all": 0}
+    snakemake(copy_of_finished)
+    same = json.loads((copy_of_finished / "results" / "fcn-tiny-caffe-cpu-160" / "summary.json").read_text())
+    assert same["provenance"]["model"]["weights"] == "model/copy.caffemodel"
+
+
+def test_changing_one_ground_truth_reruns_its_decoding_and_metrics_only(copy_of_finished):
+    png = copy_of_finished / "VOC" / "SegmentationClass" / "demo_005.png"  # in the second batch of four
+    image = Image.open(png)
+    labels = np.array(image)
+    assert (labels[:10, :10] != 15).all()
+    labels[:10, :10] = 15
+    changed = Image.fromarray(labels, mode="P")
+    changed.putpalette(image.getpalette())
+    changed.save(png)
+    jobs = planned_jobs(copy_of_finished)
+    assert jobs | {"all": 0} == {"decode": 1, "resize": 0, "inference": 0, "metrics": len(RUNS),
+                                 "aggregate": len(RUNS), "all": 0}
+    before = {p: p.stat().st_mtime_ns for p in (copy_of_finished / "work" / "labels").glob("*.npy")}
+    snakemake(copy_of_finished)
+    rewritten = sorted(p.stem for p, t in before.items() if p.stat().st_mtime_ns != t)
+    assert rewritten == ["demo_004", "demo_005", "demo_006", "demo_007"]
+    assert np.array_equal(np.load(copy_of_finished / "work" / "labels" / "demo_005.npy"), labels)
+    assert not leftovers(copy_of_finished)

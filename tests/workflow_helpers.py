@@ -1,0 +1,73 @@
+"""Running the real workflow through Snakemake on a copy of the demo, for the end-to-end tests."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+DEMO = REPO / "resources" / "demo"
+
+
+def make_workdir(path, limit=12, batch_size=4, shard_size=5):
+    """A working directory with its own copy of the demo data and model, and a config using relative paths."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(DEMO / "VOC", path / "VOC")
+    shutil.copytree(DEMO / "fcn-tiny", path / "model")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["dataset"].update(root="VOC", limit=limit)
+    config["models"]["fcn-tiny"].update(prototxt="model/deploy.prototxt", weights="model/fcn-tiny.caffemodel")
+    config["batch_size"] = batch_size
+    config["inference"]["shard_size"] = shard_size
+    write_config(path, config)
+    return path
+
+
+def read_config(path):
+    return yaml.safe_load((path / "config.yaml").read_text())
+
+
+def write_config(path, config):
+    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def snakemake(workdir, *args, check=True, timeout=600):
+    """Run the real snakemake on the repository's Snakefile in `workdir`; return the completed process."""
+    result = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+STEP_OF_RULE = [("decode_labels_", "decode"), ("prepare_inputs_", "resize"), ("infer_", "inference"),
+                ("score_", "metrics"), ("aggregate", "aggregate"), ("all", "all")]
+
+
+def planned_jobs(workdir):
+    """Snakemake's own dry run: how many jobs of each step it would run now."""
+    out = snakemake(workdir, "--dry-run").stdout
+    counts = {step: 0 for _, step in STEP_OF_RULE}
+    if "Nothing to be done" in out:
+        return counts
+    table = out.split("Job stats:", 1)[1]
+    for line in table.splitlines():
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not match:
+            continue
+        if match.group(1) == "total":
+            break
+        rule, count = match.group(1), int(match.group(2))
+        step = next(s for prefix, s in STEP_OF_RULE if rule.startswith(prefix))
+        counts[step] += count
+    return counts
+
+
+def leftovers(workdir):
+    """Temporary files that a failed step would leave if it wrote non-atomically."""
+    return [str(p) for p in workdir.rglob("*.part")]
