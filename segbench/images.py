@@ -42,9 +42,11 @@ def resize_image(rgb, size_hw):
 
 
 def resize_labels(labels, size_hw):
-    """Resize a label map with nearest-neighbour sampling (pixel centres, as Pillow does).
+    """Resize a label map with nearest-neighbour sampling of pixel centres.
 
-    Never interpolates: every output value is one of the input values.
+    Each output pixel takes the input pixel that contains its centre; a centre on
+    an edge goes to the higher index. Never interpolates: every output value is
+    one of the input values, whatever the dtype.
     """
     height, width = _check_size(size_hw)
     labels = np.asarray(labels)

@@ -74,8 +74,11 @@ def read_label_png(path):
             if mode == "P":
                 # np.asarray on a "P" image gives the indices, not the colours.
                 return np.asarray(image, dtype=np.uint8).copy()
-            if mode in ("L", "1"):
-                return np.asarray(image.convert("L"), dtype=np.uint8).copy()
+            if mode == "1":
+                # convert("L") would turn 1 into 255, the void label.
+                return np.asarray(image).astype(np.uint8)
+            if mode == "L":
+                return np.asarray(image, dtype=np.uint8).copy()
             if mode in ("I", "I;16", "I;16B", "I;16L"):
                 values = np.asarray(image).astype(np.int64)
                 if values.min() < 0 or values.max() > 255:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dataset
+from .backends import BackendError, check_device
 from .config import ConfigError
 
 WORK = "work"
@@ -62,6 +63,11 @@ class Plan:
                    if not Path(config["models"][name][key]).is_file()]
         if missing:
             raise ConfigError("model file(s) not found:\n" + "\n".join(f"  {m}" for m in missing))
+        for name, run in config["runs"].items():
+            try:
+                check_device(run["backend"], run["device"])
+            except BackendError as error:
+                raise ConfigError(f"runs.{name}: {error}") from None
         keys = {resize_key(run["resize"]): run["resize"] for run in config["runs"].values()}
         return cls(ids=ids, batches=chunks(ids, config["batch_size"]),
                    shards=chunks(ids, config["inference"]["shard_size"]), resize_keys=keys)

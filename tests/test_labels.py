@@ -105,10 +105,6 @@ def test_truncated_label_png_raises_naming_path(tmp_path, voc_labels):
     assert str(cut) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG segbench/labels.py read_label_png: a 1-bit PNG (PIL mode '1') is converted with "
-    "image.convert('L'), which maps sample value 1 to 255, so class 1 silently becomes the "
-    "ignore label 255 instead of index 1"))
 def test_one_bit_png_reads_as_indices_0_and_1(tmp_path):
     mask = np.zeros((4, 5), dtype=bool)
     mask[1:3, 1:4] = True

@@ -1,7 +1,8 @@
 """Inference backends. Each one loads a model once and runs one image at a time.
 
 A backend class takes (prototxt, weights, device, input_blob, output_blob) and
-offers `forward(blob) -> (scores, seconds)`, where `blob` is a (1, 3, H, W)
+offers `check_device(device)` (a static method that refuses a device the
+build cannot use, without touching the device), `forward(blob) -> (scores, seconds)`, where `blob` is a (1, 3, H, W)
 float32 array, `scores` are the (C, H, W) class scores and `seconds` the time of
 the forward pass alone; and `provenance()`, a dict naming what ran.
 """
@@ -27,9 +28,18 @@ def parse_device(device):
     raise BackendError(f"device must be 'cpu' or 'gpu:N', got {device!r}")
 
 
-def load_backend(name, **model):
-    """Load a model with the backend called `name` (a key of BACKENDS)."""
+def backend_class(name):
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
     module_name, _, class_name = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)(**model)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_backend(name, **model):
+    """Load a model with the backend called `name` (a key of BACKENDS)."""
+    return backend_class(name)(**model)
+
+
+def check_device(name, device):
+    """Raise BackendError now if backend `name` cannot run on `device`, without touching the device."""
+    backend_class(name).check_device(device)

@@ -43,21 +43,28 @@ def _check_prototxt(caffe, prototxt):
 class CaffeBackend:
     name = "caffe"
 
+    @staticmethod
+    def check_device(device):
+        kind, _ = parse_device(device)
+        if kind == "gpu":
+            caffe = import_caffe()
+            if caffe_is_cpu_only(caffe):
+                raise BackendError(
+                    f"device {device} asked for, but the Caffe at {Path(caffe.__file__).parent} was "
+                    f"built CPU-only; use device: cpu, or point segbench at a Caffe built with CUDA")
+        return kind
+
     def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score"):
         for path in (prototxt, weights):
             if not Path(path).is_file():
                 raise BackendError(f"{path}: model file not found")
         if Path(weights).stat().st_size == 0:
             raise BackendError(f"{weights}: weights file is empty")
-        kind, index = parse_device(device)
+        kind = self.check_device(device)
         caffe = import_caffe()
         if kind == "gpu":
-            if caffe_is_cpu_only(caffe):
-                raise BackendError(
-                    f"device {device} asked for, but the Caffe at {Path(caffe.__file__).parent} was "
-                    f"built CPU-only; use device: cpu, or point segbench at a Caffe built with CUDA")
             caffe.set_mode_gpu()
-            caffe.set_device(index)
+            caffe.set_device(parse_device(device)[1])
         else:
             caffe.set_mode_cpu()
         _check_prototxt(caffe, prototxt)
@@ -72,7 +79,6 @@ class CaffeBackend:
                 raise BackendError(f"{prototxt}: the net has no {role} blob {blob!r} "
                                    f"(blobs: {', '.join(self.net.blobs)})")
         self.input_blob, self.output_blob = input_blob, output_blob
-        self._gpu = kind == "gpu"
 
     def forward(self, blob):
         data = self.net.blobs[self.input_blob]
