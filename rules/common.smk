@@ -9,9 +9,21 @@ from snakemake.exceptions import WorkflowError
 
 try:
     segbench_config.validate(config)
-    PLAN = P.Plan.from_config(config)
+    # The file checks run once, in the process that plans the jobs, not again in
+    # every job (on a cluster each job parses this file).
+    PLAN = P.Plan.from_config(config, check_files=workflow.is_main_process)
 except SegbenchError as error:
     raise WorkflowError(f"segbench: {error}") from None
+
+
+
+onstart:
+    # Before any job, but not in a dry run, which may plan for a GPU machine elsewhere.
+    try:
+        P.Plan.check_devices(config)
+    except SegbenchError as error:
+        raise WorkflowError(f"segbench: {error}") from None
+
 
 DATA = config["dataset"]
 RUNS = list(config["runs"])

@@ -51,23 +51,28 @@ class Plan:
     shards: list  # image ids per inference job
     resize_keys: dict  # resize key -> [H, W] or None, for the resize settings that runs use
 
-    @classmethod
-    def from_config(cls, config):
-        """Read the split and check that every file the runs need exists, before any job starts."""
-        data = config["dataset"]
-        ids = dataset.split_ids(data["root"], data["split"], data["limit"])
-        dataset.check_files(data["root"], ids, data["split"])
-        used_models = {run["model"] for run in config["runs"].values()}
-        missing = [f"models.{name}.{key}: {config['models'][name][key]}"
-                   for name in sorted(used_models) for key in ("prototxt", "weights")
-                   if not Path(config["models"][name][key]).is_file()]
-        if missing:
-            raise ConfigError("model file(s) not found:\n" + "\n".join(f"  {m}" for m in missing))
+    @staticmethod
+    def check_devices(config):
+        """Refuse a run whose backend cannot use its device (a GPU on a CPU-only build)."""
         for name, run in config["runs"].items():
             try:
                 check_device(run["backend"], run["device"])
             except BackendError as error:
                 raise ConfigError(f"runs.{name}: {error}") from None
+
+    @classmethod
+    def from_config(cls, config, check_files=True):
+        """Read the split and check that every file the runs need exists."""
+        data = config["dataset"]
+        ids = dataset.split_ids(data["root"], data["split"], data["limit"])
+        if check_files:
+            dataset.check_files(data["root"], ids, data["split"])
+            used_models = {run["model"] for run in config["runs"].values()}
+            missing = [f"models.{name}.{key}: {config['models'][name][key]}"
+                       for name in sorted(used_models) for key in ("prototxt", "weights")
+                       if not Path(config["models"][name][key]).is_file()]
+            if missing:
+                raise ConfigError("model file(s) not found:\n" + "\n".join(f"  {m}" for m in missing))
         keys = {resize_key(run["resize"]): run["resize"] for run in config["runs"].values()}
         return cls(ids=ids, batches=chunks(ids, config["batch_size"]),
                    shards=chunks(ids, config["inference"]["shard_size"]), resize_keys=keys)

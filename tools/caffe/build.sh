@@ -50,6 +50,10 @@ if [ -f "$dest/build-info.json" ]; then
   exit 0
 fi
 
+# An interpreter without its C headers (Debian's own python3) needs python3-dev.
+if ! "$python" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+  APT_PACKAGES="$APT_PACKAGES python3-dev"
+fi
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
