@@ -31,4 +31,6 @@ rule all:
         expand("results/{run}/summary.json", run=RUNS),
         expand("results/{run}/per_image.csv", run=RUNS),
         expand("results/{run}/per_class.csv", run=RUNS),
+        "results/comparison.csv",
+        "results/comparison.md",
     default_target: True

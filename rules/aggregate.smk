@@ -23,3 +23,15 @@ rule aggregate:
         "logs/{run}/aggregate.log",
     script:
         "../scripts/aggregate.py"
+
+
+rule compare:
+    input:
+        expand("results/{run}/summary.json", run=RUNS),
+    output:
+        csv="results/comparison.csv",
+        md="results/comparison.md",
+    log:
+        "logs/compare.log",
+    script:
+        "../scripts/compare.py"

@@ -3,6 +3,8 @@
 # profile (profiles/default) allows one at a time, so that timings are not
 # disturbed by another inference job; `inference.exclusive: false` lifts that.
 
+import os
+
 INFERENCE = config["inference"]
 
 for _run in RUNS:
@@ -28,6 +30,8 @@ for _run in RUNS:
                 device=_spec["device"],
                 resize=_spec["resize"],
                 warmup=INFERENCE["warmup"],
+                threads=_spec["threads"],
+            threads: _spec["threads"] or min(workflow.cores, os.cpu_count())
             resources:
                 inference_slot=1 if INFERENCE["exclusive"] else 0,
             log:

@@ -91,6 +91,7 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
     backend = shards[0]["provenance"] if shards else {}
     summary["provenance"] = {
         "run": run_name,
+        "model_name": run["model"],
         **backend,
         "resize": run["resize"],
         "ignore_label": ignore_label,
@@ -118,3 +119,49 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
 
 def _nan_if_none(value):
     return float("nan") if value is None else value
+
+
+COMPARISON_COLUMNS = [
+    ("run", "run"), ("model", "model"), ("backend", "backend"), ("backend_version", "version"),
+    ("device", "device"), ("threads", "threads"), ("images", "images"),
+    ("pixel_accuracy", "pixel acc."), ("pixel_accuracy_void_as_error", "pixel acc. (void = error)"),
+    ("mean_accuracy", "mean acc."), ("mean_iou", "mean IoU"), ("fw_iou", "fwIoU"),
+    ("mean_forward_s", "mean fwd (s)"), ("median_forward_s", "median fwd (s)"), ("p90_forward_s", "p90 fwd (s)"),
+    ("model_load_s", "load (s)"), ("images_per_s", "images/s"),
+]
+
+
+def comparison_row(summary):
+    prov, timing = summary["provenance"], summary["timing"]
+    return {
+        "run": prov["run"], "model": prov["model_name"], "backend": prov["backend"],
+        "backend_version": prov["backend_version"], "device": prov["device"], "threads": prov.get("threads"),
+        "images": summary["images"],
+        **{k: summary[k] for k in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy",
+                                   "mean_iou", "fw_iou")},
+        "mean_forward_s": timing["mean_s"], "median_forward_s": timing["median_s"], "p90_forward_s": timing["p90_s"],
+        "model_load_s": timing["model_load_s"],
+        # Forward passes only: the throughput the model allows, not the workflow's.
+        "images_per_s": 1.0 / timing["mean_s"] if timing["mean_s"] else None,
+    }
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def compare_runs(summary_jsons, csv_out, md_out):
+    """One row per run: accuracy, timing and what ran, as CSV and as a Markdown table."""
+    rows = [comparison_row(read_json(p)) for p in summary_jsons]
+    keys = [k for k, _ in COMPARISON_COLUMNS]
+    _write_csv(csv_out, keys, ([row[k] if row[k] is not None else "" for k in keys] for row in rows))
+    lines = ["| " + " | ".join(title for _, title in COMPARISON_COLUMNS) + " |",
+             "|" + "---|" * len(COMPARISON_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[k]) for k in keys) + " |" for row in rows]
+    with atomic_path(md_out) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return rows

@@ -51,10 +51,11 @@ def predict(backend, rgb, source_hw, model):
     return scores.argmax(axis=0).astype(np.uint8), seconds
 
 
-def run_inference(image_ids, input_npzs, prediction_pngs, shard_out, model, backend, device, warmup):
+def run_inference(image_ids, input_npzs, prediction_pngs, shard_out, model, backend, device, warmup,
+                  threads=None):
     """Load the model once, then predict every image of the shard and time each forward pass."""
     net = load_backend(backend, prototxt=model["prototxt"], weights=model["weights"], device=device,
-                       input_blob=model["input_blob"], output_blob=model["output_blob"])
+                       input_blob=model["input_blob"], output_blob=model["output_blob"], threads=threads)
     log.info("loaded %s on %s in %.3f s", model["weights"], device, net.load_seconds)
     loaded = [np.load(p) for p in input_npzs]
     if loaded and warmup:

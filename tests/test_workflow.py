@@ -15,7 +15,7 @@ from workflow_helpers import leftovers, make_workdir, planned_jobs, read_config,
 
 pytestmark = pytest.mark.slow
 
-RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-caffe-cpu-160"]
+RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu", "fcn-tiny-caffe-cpu-160"]
 IDS = [f"demo_{i:03d}" for i in range(12)]  # limit 12, batches of 4, shards of 5
 
 
@@ -57,8 +57,11 @@ def test_output_contract(finished):
         assert timing["min_s"] <= timing["median_s"] <= timing["p90_s"] <= timing["p99_s"] <= timing["max_s"]
         assert timing["model_loads"] == 3  # one load per shard of 5 images
         prov = summary["provenance"]
-        assert prov["backend"] == "caffe" and prov["device"] == "cpu"
-        assert prov["backend_module"].endswith("caffe") and os.path.isdir(prov["backend_module"])
+        backend = read_config(finished)["runs"][run]["backend"]
+        assert prov["backend"] == backend and prov["device"] == "cpu"
+        assert prov["backend_module"].endswith({"caffe": "caffe", "opencv": "cv2"}[backend])
+        assert os.path.isdir(prov["backend_module"])
+        assert prov["threads"] >= 1
         assert len(prov["model"]["weights_sha256"]) == 64 and len(prov["model"]["prototxt_sha256"]) == 64
         for key in ("segbench_version", "python_version", "numpy_version", "cpu_model", "backend_version"):
             assert prov[key], key
@@ -129,7 +132,7 @@ def test_changing_ignore_label_reruns_only_metrics_and_aggregation(copy_of_finis
     write_config(copy_of_finished, config)
     jobs = planned_jobs(copy_of_finished)
     assert jobs["decode"] == 0 and jobs["resize"] == 0 and jobs["inference"] == 0
-    assert jobs["metrics"] == 3 * len(RUNS) and jobs["aggregate"] == len(RUNS)
+    assert jobs["metrics"] == 3 * len(RUNS) and jobs["aggregate"] == len(RUNS) and jobs["compare"] == 1
 
 
 def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_finished):
@@ -137,7 +140,7 @@ def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_fini
     config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "gpu:0"
     write_config(copy_of_finished, config)
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "all": 0}
 
     config = read_config(copy_of_finished)
     config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "cpu"
@@ -147,7 +150,7 @@ def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_fini
     config["runs"]["fcn-tiny-caffe-cpu-160"]["model"] = "fcn-tiny-copy"
     write_config(copy_of_finished, config)
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "all": 0}
     snakemake(copy_of_finished)
     same = json.loads((copy_of_finished / "results" / "fcn-tiny-caffe-cpu-160" / "summary.json").read_text())
     assert same["provenance"]["model"]["weights"] == "model/copy.caffemodel"
@@ -164,10 +167,54 @@ def test_changing_one_ground_truth_reruns_its_decoding_and_metrics_only(copy_of_
     changed.save(png)
     jobs = planned_jobs(copy_of_finished)
     assert jobs | {"all": 0} == {"decode": 1, "resize": 0, "inference": 0, "metrics": len(RUNS),
-                                 "aggregate": len(RUNS), "all": 0}
+                                 "aggregate": len(RUNS), "compare": 1, "all": 0}
     before = {p: p.stat().st_mtime_ns for p in (copy_of_finished / "work" / "labels").glob("*.npy")}
     snakemake(copy_of_finished)
     rewritten = sorted(p.stem for p, t in before.items() if p.stat().st_mtime_ns != t)
     assert rewritten == ["demo_004", "demo_005", "demo_006", "demo_007"]
     assert np.array_equal(np.load(copy_of_finished / "work" / "labels" / "demo_005.npy"), labels)
     assert not leftovers(copy_of_finished)
+
+
+def test_caffe_and_opencv_agree(finished):
+    caffe_dir, opencv_dir = (finished / "results" / run for run in ("fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu"))
+    same = total = 0
+    for image_id in IDS:
+        a = np.array(Image.open(caffe_dir / "predictions" / f"{image_id}.png"))
+        b = np.array(Image.open(opencv_dir / "predictions" / f"{image_id}.png"))
+        same += int((a == b).sum())
+        total += a.size
+    assert same / total >= 0.999
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (caffe_dir, opencv_dir))
+    for key in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou"):
+        assert abs(a[key] - b[key]) < 1e-3, key
+    assert a["provenance"]["backend"] == "caffe" and b["provenance"]["backend"] == "opencv"
+
+
+def test_comparison_has_one_row_per_run(finished):
+    rows = read_csv(finished / "results" / "comparison.csv")
+    assert [r["run"] for r in rows] == RUNS
+    assert list(rows[0]) == ["run", "model", "backend", "backend_version", "device", "threads", "images",
+                             "pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou",
+                             "fw_iou", "mean_forward_s", "median_forward_s", "p90_forward_s", "model_load_s",
+                             "images_per_s"]
+    for row in rows:
+        summary = json.loads((finished / "results" / row["run"] / "summary.json").read_text())
+        assert float(row["mean_iou"]) == pytest.approx(summary["mean_iou"], abs=1e-12)
+        assert float(row["images_per_s"]) == pytest.approx(1 / summary["timing"]["mean_s"])
+    table = (finished / "results" / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| run | model | backend |") and len(table) == 2 + len(RUNS)
+
+
+def test_runs_share_decoded_labels_and_inputs_of_the_same_size(finished):
+    log = (finished / "work" / "inputs").iterdir()
+    assert sorted(p.name for p in log) == ["160x160", "native"]  # two native-size runs share one set
+    assert len(list((finished / "work" / "labels").glob("*.npy"))) == len(IDS)
+
+
+def test_adding_a_run_computes_only_that_run_and_the_comparison(copy_of_finished):
+    config = read_config(copy_of_finished)
+    config["runs"]["fcn-tiny-opencv-cpu-160"] = dict(config["runs"]["fcn-tiny-opencv-cpu"], resize=[160, 160])
+    write_config(copy_of_finished, config)
+    assert planned_jobs(copy_of_finished) | {"all": 0} == {
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "all": 0}

@@ -1,17 +1,22 @@
 """Inference backends. Each one loads a model once and runs one image at a time.
 
-A backend class takes (prototxt, weights, device, input_blob, output_blob) and
+A backend class takes (prototxt, weights, device, input_blob, output_blob, threads) and
 offers `check_device(device)` (a static method that refuses a device the
 build cannot use, without touching the device), `forward(blob) -> (scores, seconds)`, where `blob` is a (1, 3, H, W)
 float32 array, `scores` are the (C, H, W) class scores and `seconds` the time of
-the forward pass alone; and `provenance()`, a dict naming what ran.
+the forward pass alone; `load_seconds`; and `provenance()`, a dict naming what
+ran (backend, version, module path, device, threads). Adding a backend is one
+module here, one entry in BACKENDS and one in the config schema's `backend` enum.
 """
 
 import importlib
 
 from .. import SegbenchError
 
-BACKENDS = {"caffe": "segbench.backends.caffe_backend:CaffeBackend"}
+BACKENDS = {
+    "caffe": "segbench.backends.caffe_backend:CaffeBackend",
+    "opencv": "segbench.backends.opencv_backend:OpenCVBackend",
+}
 
 
 class BackendError(SegbenchError):

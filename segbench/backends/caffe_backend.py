@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from threadpoolctl import threadpool_info, threadpool_limits
+
 from . import BackendError, parse_device
 
 # The string behind Caffe's NO_GPU check exists only in CPU-only builds.
@@ -54,7 +56,7 @@ class CaffeBackend:
                     f"built CPU-only; use device: cpu, or point segbench at a Caffe built with CUDA")
         return kind
 
-    def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score"):
+    def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None):
         for path in (prototxt, weights):
             if not Path(path).is_file():
                 raise BackendError(f"{path}: model file not found")
@@ -62,6 +64,11 @@ class CaffeBackend:
             raise BackendError(f"{weights}: weights file is empty")
         kind = self.check_device(device)
         caffe = import_caffe()
+        if threads:
+            # Caffe's CPU layers are BLAS calls; its OpenBLAS reads no setting once loaded,
+            # so the limit is set through threadpoolctl, which reaches the loaded library.
+            threadpool_limits(limits=int(threads), user_api="blas")
+        self.threads = threads
         if kind == "gpu":
             caffe.set_mode_gpu()
             caffe.set_device(parse_device(device)[1])
@@ -103,4 +110,12 @@ class CaffeBackend:
             "backend_module": str(Path(self.caffe.__file__).parent),
             "backend_cpu_only": caffe_is_cpu_only(self.caffe),
             "device": self.device,
+            "threads": self.threads or _caffe_blas_threads(),
         }
+
+
+def _caffe_blas_threads():
+    # numpy carries its own OpenBLAS inside site-packages; Caffe links the system one.
+    system = [i["num_threads"] for i in threadpool_info()
+              if i["user_api"] == "blas" and "site-packages" not in i["filepath"]]
+    return max(system) if system else None

@@ -1,0 +1,4 @@
+from segbench.jobs import run_step
+from segbench.report import compare_runs
+
+run_step(snakemake, lambda sm: compare_runs(list(sm.input), sm.output.csv, sm.output.md))
