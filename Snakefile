@@ -26,6 +26,10 @@ include: "rules/metrics.smk"
 include: "rules/aggregate.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     input:
         expand("results/{run}/summary.json", run=RUNS),

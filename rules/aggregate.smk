@@ -1,4 +1,5 @@
-# Aggregation per run: dataset metrics from the summed confusion matrix, the means
+# Cheap steps are local rules: on a cluster they run on the submitting machine
+# rather than as seconds-long cluster jobs. Aggregation per run: dataset metrics from the summed confusion matrix, the means
 # of the per-image values, timing statistics and provenance.
 
 
@@ -17,6 +18,7 @@ rule aggregate:
         model=lambda w: config["models"][config["runs"][w.run]["model"]],
         class_names=DATA["class_names"],
         ignore_label=DATA["ignore_label"],
+    localrule: True
     wildcard_constraints:
         run="|".join(re.escape(r) for r in RUNS),
     log:
@@ -31,6 +33,7 @@ rule compare:
     output:
         csv="results/comparison.csv",
         md="results/comparison.md",
+    localrule: True
     log:
         "logs/compare.log",
     script:

@@ -12,6 +12,7 @@ for _key, _size in PLAN.resize_keys.items():
                 [P.input_npz(_key, i) for i in _ids],
             params:
                 resize=_size,
+            localrule: True
             log:
                 f"logs/inputs/{_key}/{_b:04d}.log",
             script:

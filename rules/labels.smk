@@ -12,6 +12,7 @@ for _b, _ids in enumerate(PLAN.batches):
             gt_pngs(_ids),
         output:
             [P.label_npy(i) for i in _ids],
+        localrule: True
         log:
             f"logs/decode_labels/{_b:04d}.log",
         script:

@@ -17,6 +17,7 @@ for _run in RUNS:
                 label_pngs=gt_pngs(_ids),
                 num_classes=DATA["num_classes"],
                 ignore_label=DATA["ignore_label"],
+            localrule: True
             log:
                 run_log("metrics", _run, _b),
             script:
