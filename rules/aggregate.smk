@@ -18,7 +18,10 @@ rule aggregate:
         model=lambda w: config["models"][config["runs"][w.run]["model"]],
         class_names=DATA["class_names"],
         ignore_label=DATA["ignore_label"],
+        run_config=lambda w: run_config(w.run),
     localrule: True
+    conda:
+        "../envs/steps.yaml"
     wildcard_constraints:
         run="|".join(re.escape(r) for r in RUNS),
     log:
@@ -34,6 +37,8 @@ rule compare:
         csv="results/comparison.csv",
         md="results/comparison.md",
     localrule: True
+    conda:
+        "../envs/steps.yaml"
     log:
         "logs/compare.log",
     script:

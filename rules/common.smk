@@ -36,3 +36,10 @@ def gt_pngs(ids):
 
 def run_log(step, run, index):
     return f"logs/{run}/{step}/{index:04d}.log"
+
+
+def run_config(run):
+    """The settings that determine a run's numbers (recorded, with their hash, in its provenance)."""
+    spec = config["runs"][run]
+    return {"dataset": DATA, "run": spec, "model": config["models"][spec["model"]],
+            "inference": config["inference"]}

@@ -34,6 +34,8 @@ for _run in RUNS:
             threads: _spec["threads"] or min(workflow.cores, os.cpu_count())
             resources:
                 inference_slot=1 if INFERENCE["exclusive"] else 0,
+            conda:
+                f"../envs/{_spec['backend']}.yaml"
             log:
                 run_log("inference", _run, _s),
             script:

@@ -13,6 +13,8 @@ for _key, _size in PLAN.resize_keys.items():
             params:
                 resize=_size,
             localrule: True
+            conda:
+                "../envs/steps.yaml"
             log:
                 f"logs/inputs/{_key}/{_b:04d}.log",
             script:

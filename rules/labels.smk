@@ -13,6 +13,8 @@ for _b, _ids in enumerate(PLAN.batches):
         output:
             [P.label_npy(i) for i in _ids],
         localrule: True
+        conda:
+            "../envs/steps.yaml"
         log:
             f"logs/decode_labels/{_b:04d}.log",
         script:

@@ -18,6 +18,8 @@ for _run in RUNS:
                 num_classes=DATA["num_classes"],
                 ignore_label=DATA["ignore_label"],
             localrule: True
+            conda:
+                "../envs/steps.yaml"
             log:
                 run_log("metrics", _run, _b),
             script:

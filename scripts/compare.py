@@ -1,3 +1,4 @@
+import _segbench_path  # noqa: F401  (segbench importable without an install)
 from segbench.jobs import run_step
 from segbench.report import compare_runs
 

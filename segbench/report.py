@@ -83,7 +83,7 @@ def summarize(image_records, shard_records, class_names):
 
 
 def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons, shard_jsons,
-                  summary_out, per_image_out, per_class_out):
+                  summary_out, per_image_out, per_class_out, run_config=None):
     images = [read_json(p) for p in metric_jsons]
     shards = [read_json(p) for p in shard_jsons]
     summary = summarize(images, shards, class_names)
@@ -95,13 +95,16 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
         **backend,
         "resize": run["resize"],
         "ignore_label": ignore_label,
+        # The settings that determine this run's numbers, and their hash.
+        "run_config": run_config,
+        "run_config_sha256": provenance.sha256_json(run_config) if run_config is not None else None,
         "model": {
             "prototxt": model["prototxt"], "prototxt_sha256": provenance.sha256_file(model["prototxt"]),
             "weights": model["weights"], "weights_sha256": provenance.sha256_file(model["weights"]),
             "mean": model["mean"], "scale": model["scale"], "channel_order": model["channel_order"],
             "output_blob": model["output_blob"],
         },
-        **provenance.environment(),
+        **provenance.segbench_source(),
     }
     write_json(summary_out, summary)
     _write_csv(per_image_out, PER_IMAGE_COLUMNS, (

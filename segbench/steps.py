@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from . import images, labels, metrics
+from . import images, labels, metrics, provenance
 from .backends import load_backend
 from .files import atomic_path, write_json
 
@@ -69,7 +69,8 @@ def run_inference(image_ids, input_npzs, prediction_pngs, shard_out, model, back
         records.append({"id": image_id, "forward_s": seconds,
                         "input_height": int(data["image"].shape[0]), "input_width": int(data["image"].shape[1])})
         log.info("%s: forward %.4f s", image_id, seconds)
-    write_json(shard_out, {"provenance": net.provenance(), "model_load_s": net.load_seconds,
+    write_json(shard_out, {"provenance": {**net.provenance(), **provenance.machine(device)},
+                           "model_load_s": net.load_seconds,
                            "warmup": warmup, "images": records})
 
 

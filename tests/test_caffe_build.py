@@ -79,3 +79,13 @@ def test_missing_and_broken_model_files_are_refused(tmp_path):
         load_backend("caffe", prototxt=str(broken), weights=str(weights))
     with pytest.raises(BackendError, match="no output blob 'prob'"):
         load_backend("caffe", prototxt=str(prototxt), weights=str(weights), output_blob="prob")
+
+
+def test_backend_finds_the_cached_build_without_the_venv_link():
+    # As in a conda environment of envs/, where the .pth file of .venv is not read.
+    script = ("import sys; sys.path[:] = [p for p in sys.path if '/caffe/segbench-' not in p]\n"
+              "from segbench.backends.caffe_backend import import_caffe\n"
+              "print(import_caffe().__file__)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == caffe.__file__

@@ -63,8 +63,12 @@ def test_output_contract(finished):
         assert os.path.isdir(prov["backend_module"])
         assert prov["threads"] >= 1
         assert len(prov["model"]["weights_sha256"]) == 64 and len(prov["model"]["prototxt_sha256"]) == 64
-        for key in ("segbench_version", "python_version", "numpy_version", "cpu_model", "backend_version"):
+        for key in ("segbench_version", "python_version", "cpu_model", "hostname", "backend_version",
+                    "run_config_sha256"):
             assert prov[key], key
+        assert prov["packages"]["numpy"] == np.__version__
+        assert read_config(finished)["runs"][run].items() <= prov["run_config"]["run"].items()
+        assert prov["segbench_commit"] is None or len(prov["segbench_commit"].split("-")[0]) == 40
 
         rows = read_csv(out / "per_image.csv")
         assert list(rows[0]) == ["image_id", "height", "width", "valid_pixels", "void_pixels", "pixel_accuracy",

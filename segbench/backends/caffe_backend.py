@@ -6,6 +6,7 @@ CPU-only build. So every such condition is checked in Python first.
 """
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,13 +18,30 @@ from . import BackendError, parse_device
 _CPU_ONLY_MARKER = b"Cannot use GPU in CPU-only Caffe"
 
 
+def cached_build():
+    """The python/ folder of segbench's Caffe build for this Python and numpy, if `make setup` made one.
+
+    The venv finds it through a .pth file; other environments (the conda ones in envs/) through this.
+    """
+    import numpy
+
+    cache = Path(os.environ.get("SEGBENCH_CACHE", Path.home() / ".cache" / "segbench")) / "caffe"
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-np{numpy.__version__.split('.')[0]}"
+    builds = sorted(cache.glob(f"segbench-*-{tag}-*/build-info.json"), key=lambda p: p.stat().st_mtime)
+    return builds[-1].parent / "python" if builds else None
+
+
 def import_caffe():
     os.environ.setdefault("GLOG_minloglevel", "2")  # keep Caffe's per-layer log out of job logs
     try:
         import caffe
     except ImportError as error:
-        raise BackendError(f"cannot import pycaffe ({error}); run 'make setup', which builds it "
-                           f"and links it into .venv") from None
+        build = cached_build()
+        if build is None:
+            raise BackendError(f"cannot import pycaffe ({error}); run 'make setup', which builds it "
+                               f"and links it into .venv") from None
+        sys.path.insert(0, str(build))
+        import caffe
     return caffe
 
 
