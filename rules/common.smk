@@ -4,7 +4,7 @@ import re
 
 from segbench import SegbenchError
 from segbench import config as segbench_config
-from segbench import dataset, plan as P
+from segbench import plan as P
 from snakemake.exceptions import WorkflowError
 
 try:
@@ -31,7 +31,7 @@ STEP_MODULES = [f"{workflow.basedir}/segbench/{m}.py" for m in ("steps", "labels
 
 
 def gt_pngs(ids):
-    return [dataset.label_path(DATA["root"], i) for i in ids]
+    return [PLAN.labels[i] for i in ids]
 
 
 def run_log(step, run, index):

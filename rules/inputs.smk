@@ -7,7 +7,7 @@ for _key, _size in PLAN.resize_keys.items():
             name:
                 f"prepare_inputs_{_key}_{_b:04d}"
             input:
-                [dataset.image_path(DATA["root"], i) for i in _ids],
+                [PLAN.images[i] for i in _ids],
             output:
                 [P.input_npz(_key, i) for i in _ids],
             params:

@@ -47,6 +47,8 @@ def validate(config):
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     problems = []
     dataset = config["dataset"]
+    needed = ("root",) if dataset["layout"] == "voc" else ("images", "labels")
+    problems += [f"dataset.{key} is required with layout {dataset['layout']!r}" for key in needed if key not in dataset]
     if len(dataset["class_names"]) != dataset["num_classes"]:
         problems.append(f"dataset.class_names has {len(dataset['class_names'])} names but "
                         f"dataset.num_classes is {dataset['num_classes']}")

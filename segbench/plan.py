@@ -47,6 +47,8 @@ def chunks(items, size):
 @dataclass
 class Plan:
     ids: list
+    images: dict  # id -> photo path
+    labels: dict  # id -> ground-truth PNG path
     batches: list  # image ids per job of the cheap per-image steps
     shards: list  # image ids per inference job
     resize_keys: dict  # resize key -> [H, W] or None, for the resize settings that runs use
@@ -63,10 +65,9 @@ class Plan:
     @classmethod
     def from_config(cls, config, check_files=True):
         """Read the split and check that every file the runs need exists."""
-        data = config["dataset"]
-        ids = dataset.split_ids(data["root"], data["split"], data["limit"])
+        data = dataset.load(config["dataset"], check_files_exist=check_files)
+        ids = data.ids
         if check_files:
-            dataset.check_files(data["root"], ids, data["split"])
             used_models = {run["model"] for run in config["runs"].values()}
             missing = [f"models.{name}.{key}: {config['models'][name][key]}"
                        for name in sorted(used_models) for key in ("prototxt", "weights")
@@ -74,5 +75,5 @@ class Plan:
             if missing:
                 raise ConfigError("model file(s) not found:\n" + "\n".join(f"  {m}" for m in missing))
         keys = {resize_key(run["resize"]): run["resize"] for run in config["runs"].values()}
-        return cls(ids=ids, batches=chunks(ids, config["batch_size"]),
+        return cls(ids=ids, images=data.images, labels=data.labels, batches=chunks(ids, config["batch_size"]),
                    shards=chunks(ids, config["inference"]["shard_size"]), resize_keys=keys)
