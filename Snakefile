@@ -19,11 +19,17 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
-include: "rules/labels.smk"
-include: "rules/inputs.smk"
-include: "rules/inference.smk"
-include: "rules/metrics.smk"
-include: "rules/aggregate.smk"
+include: "rules/fetch.smk"
+
+
+if PLAN is not None:
+
+    include: "rules/labels.smk"
+    include: "rules/inputs.smk"
+    include: "rules/inference.smk"
+    include: "rules/metrics.smk"
+    include: "rules/aggregate.smk"
+
 
 
 localrules:
@@ -32,9 +38,15 @@ localrules:
 
 rule all:
     input:
-        expand("results/{run}/summary.json", run=RUNS),
-        expand("results/{run}/per_image.csv", run=RUNS),
-        expand("results/{run}/per_class.csv", run=RUNS),
-        "results/comparison.csv",
-        "results/comparison.md",
+        (
+            FETCH_TARGETS
+            if PLAN is None
+            else [
+                *expand("results/{run}/summary.json", run=RUNS),
+                *expand("results/{run}/per_image.csv", run=RUNS),
+                *expand("results/{run}/per_class.csv", run=RUNS),
+                "results/comparison.csv",
+                "results/comparison.md",
+            ]
+        ),
     default_target: True

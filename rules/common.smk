@@ -6,15 +6,25 @@ from segbench import SegbenchError
 from segbench import config as segbench_config
 from segbench import plan as P
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 try:
     segbench_config.validate(config)
+except SegbenchError as error:
+    raise WorkflowError(f"segbench: {error}") from None
+
+FETCH_TARGETS = P.fetch_targets(config)
+try:
     # The file checks run once, in the process that plans the jobs, not again in
     # every job (on a cluster each job parses this file).
     PLAN = P.Plan.from_config(config, check_files=workflow.is_main_process)
 except SegbenchError as error:
-    raise WorkflowError(f"segbench: {error}") from None
-
+    if not P.fetch_pending(config):
+        raise WorkflowError(f"segbench: {error}") from None
+    # The data or a model is still to be downloaded: only the fetch rules exist now.
+    PLAN = None
+    logger.warning(f"segbench: the dataset or a model is not downloaded yet ({error}).\n"
+                   f"Only downloads run now; run the same command again afterwards to score.")
 
 
 onstart:
@@ -27,7 +37,6 @@ onstart:
 
 DATA = config["dataset"]
 RUNS = list(config["runs"])
-STEP_MODULES = [f"{workflow.basedir}/segbench/{m}.py" for m in ("steps", "labels", "images", "metrics")]
 
 
 def gt_pngs(ids):

@@ -77,3 +77,23 @@ class Plan:
         keys = {resize_key(run["resize"]): run["resize"] for run in config["runs"].values()}
         return cls(ids=ids, images=data.images, labels=data.labels, batches=chunks(ids, config["batch_size"]),
                    shards=chunks(ids, config["inference"]["shard_size"]), resize_keys=keys)
+
+
+def fetch_targets(config):
+    """What `snakemake fetch` makes: the unpacked archives, and the downloads that they or the runs' models need."""
+    from .download import UNPACKED_MARKER
+
+    downloads = config["downloads"]
+    needed = []
+    for spec in config["unpack"].values():
+        needed += [spec["archive"], *spec["add"].values()]
+    for run in config["runs"].values():
+        model = config["models"][run["model"]]
+        needed += [model["prototxt"], model["weights"]]
+    targets = [f"{dest}/{UNPACKED_MARKER}" for dest in config["unpack"]]
+    return targets + sorted({path for path in needed if path in downloads})
+
+
+def fetch_pending(config):
+    """True when some file that `fetch` makes is missing, so that the benchmark cannot be planned yet."""
+    return any(not Path(path).exists() for path in fetch_targets(config))
