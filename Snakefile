@@ -18,6 +18,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "resources/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/fetch.smk"
 
@@ -29,6 +32,7 @@ if PLAN is not None:
     include: "rules/inference.smk"
     include: "rules/metrics.smk"
     include: "rules/aggregate.smk"
+    include: "rules/report.smk"
 
 
 
@@ -47,6 +51,13 @@ rule all:
                 *expand("results/{run}/per_class.csv", run=RUNS),
                 "results/comparison.csv",
                 "results/comparison.md",
+                *expand("results/{run}/plots/class_scores.png", run=RUNS),
+                "results/plots/speed_accuracy.png",
             ]
         ),
     default_target: True
+
+
+onsuccess:
+    if PLAN is not None and Path("results/comparison.csv").exists():
+        print(terminal_summary("results/comparison.csv"))

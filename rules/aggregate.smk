@@ -34,7 +34,7 @@ rule compare:
     input:
         expand("results/{run}/summary.json", run=RUNS),
     output:
-        csv="results/comparison.csv",
+        csv=report("results/comparison.csv", category="comparison", caption="../resources/report/comparison.rst"),
         md="results/comparison.md",
     localrule: True
     conda:

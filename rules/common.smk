@@ -1,10 +1,13 @@
 # Configuration checks and file names shared by all rules.
 
+import os
 import re
+from pathlib import Path
 
 from segbench import SegbenchError
 from segbench import config as segbench_config
 from segbench import plan as P
+from segbench.report import terminal_summary
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
@@ -52,3 +55,11 @@ def run_config(run):
     spec = config["runs"][run]
     return {"dataset": DATA, "run": spec, "model": config["models"][spec["model"]],
             "inference": config["inference"]}
+
+
+def inference_threads(run_spec):
+    """A run's threads, or the cores given to snakemake (at most the machine's)."""
+    if run_spec["threads"]:
+        return run_spec["threads"]
+    cores = workflow.resource_settings.cores  # None without --cores, e.g. for --report
+    return min(cores, os.cpu_count()) if cores else os.cpu_count()

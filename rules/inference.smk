@@ -31,7 +31,7 @@ for _run in RUNS:
                 resize=_spec["resize"],
                 warmup=INFERENCE["warmup"],
                 threads=_spec["threads"],
-            threads: _spec["threads"] or min(workflow.cores, os.cpu_count())
+            threads: inference_threads(_spec)
             resources:
                 inference_slot=1 if INFERENCE["exclusive"] else 0,
             conda:

@@ -66,6 +66,7 @@ def summarize(image_records, shard_records, class_names):
                    "gt_pixels": int(dataset["gt_pixels"][c]), "pred_pixels": int(dataset["pred_pixels"][c])}
             for c, name in enumerate(class_names)
         },
+        "confusion_matrix": hist.tolist(),
         "per_image_means": {key: per_image_mean(key)
                             for key in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_iou")},
         "timing": timing,
@@ -168,3 +169,24 @@ def compare_runs(summary_jsons, csv_out, md_out):
     with atomic_path(md_out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return rows
+
+
+def terminal_summary(comparison_csv):
+    """A short table of the headline numbers per run, and where to find the rest."""
+    with open(comparison_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = [("run", "run", str), ("backend", "backend", str), ("device", "device", str),
+               ("pixel_accuracy", "pixel acc.", float), ("mean_iou", "mean IoU", float),
+               ("fw_iou", "fwIoU", float), ("median_forward_s", "median fwd (ms)", lambda v: float(v) * 1000),
+               ("images_per_s", "images/s", float)]
+    cells = [[title for _, title, _ in columns]]
+    for row in rows:
+        cells.append([f"{convert(row[key]):.3f}" if convert is not str else row[key]
+                      if row[key] != "" else "-" for key, _, convert in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return ("\nsegbench results\n" + "\n".join(lines) + "\n\n"
+            "per run: results/<run>/summary.json, per_image.csv, per_class.csv, predictions/, plots/\n"
+            "all runs: results/comparison.csv, results/comparison.md\n"
+            "report: snakemake --report report.html  (then open report.html)\n")

@@ -13,13 +13,14 @@ def forward_time_stats(seconds):
     if t.size == 0:
         nan = float("nan")
         return {"images": 0, "total_s": 0.0, "mean_s": nan, "variance_s2": nan, "median_s": nan,
-                "p90_s": nan, "p99_s": nan, "min_s": nan, "max_s": nan}
+                "p10_s": nan, "p90_s": nan, "p99_s": nan, "min_s": nan, "max_s": nan}
     return {
         "images": int(t.size),
         "total_s": float(t.sum()),
         "mean_s": float(t.mean()),
         "variance_s2": float(t.var()),
         "median_s": float(np.median(t)),
+        "p10_s": float(np.percentile(t, 10)),
         "p90_s": float(np.percentile(t, 90)),
         "p99_s": float(np.percentile(t, 99)),
         "min_s": float(t.min()),

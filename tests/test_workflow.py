@@ -19,20 +19,6 @@ RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu", "fcn-tiny-caffe-cpu-160"]
 IDS = [f"demo_{i:03d}" for i in range(12)]  # limit 12, batches of 4, shards of 5
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A working directory in which the whole workflow has run once."""
-    workdir = make_workdir(tmp_path_factory.mktemp("wf") / "done")
-    snakemake(workdir)
-    return workdir
-
-
-@pytest.fixture
-def copy_of_finished(finished, tmp_path):
-    # copytree keeps modification times, so Snakemake sees the copy as up to date.
-    return shutil.copytree(finished, tmp_path / "copy", symlinks=True)
-
-
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -51,7 +37,7 @@ def test_output_contract(finished):
         assert set(summary["per_class"]["background"]) == {"iou", "accuracy", "gt_pixels", "pred_pixels"}
         assert set(summary["per_image_means"]) == {"pixel_accuracy", "pixel_accuracy_void_as_error", "mean_iou"}
         timing = summary["timing"]
-        assert {"images", "warmup", "total_s", "mean_s", "variance_s2", "median_s", "p90_s", "p99_s",
+        assert {"images", "warmup", "total_s", "mean_s", "variance_s2", "median_s", "p10_s", "p90_s", "p99_s",
                 "min_s", "max_s", "model_load_s"} <= set(timing)
         assert timing["images"] == 12 and timing["warmup"] == 2
         assert timing["min_s"] <= timing["median_s"] <= timing["p90_s"] <= timing["p99_s"] <= timing["max_s"]
@@ -137,6 +123,7 @@ def test_changing_ignore_label_reruns_only_metrics_and_aggregation(copy_of_finis
     jobs = planned_jobs(copy_of_finished)
     assert jobs["decode"] == 0 and jobs["resize"] == 0 and jobs["inference"] == 0
     assert jobs["metrics"] == 3 * len(RUNS) and jobs["aggregate"] == len(RUNS) and jobs["compare"] == 1
+    assert jobs["plots"] == len(RUNS) + 1
 
 
 def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_finished):
@@ -144,7 +131,7 @@ def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_fini
     config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "gpu:0"
     write_config(copy_of_finished, config)
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0}
 
     config = read_config(copy_of_finished)
     config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "cpu"
@@ -154,7 +141,7 @@ def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_fini
     config["runs"]["fcn-tiny-caffe-cpu-160"]["model"] = "fcn-tiny-copy"
     write_config(copy_of_finished, config)
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0}
     snakemake(copy_of_finished)
     same = json.loads((copy_of_finished / "results" / "fcn-tiny-caffe-cpu-160" / "summary.json").read_text())
     assert same["provenance"]["model"]["weights"] == "model/copy.caffemodel"
@@ -171,7 +158,7 @@ def test_changing_one_ground_truth_reruns_its_decoding_and_metrics_only(copy_of_
     changed.save(png)
     jobs = planned_jobs(copy_of_finished)
     assert jobs | {"all": 0} == {"decode": 1, "resize": 0, "inference": 0, "metrics": len(RUNS),
-                                 "aggregate": len(RUNS), "compare": 1, "all": 0}
+                                 "aggregate": len(RUNS), "compare": 1, "plots": len(RUNS) + 1, "all": 0}
     before = {p: p.stat().st_mtime_ns for p in (copy_of_finished / "work" / "labels").glob("*.npy")}
     snakemake(copy_of_finished)
     rewritten = sorted(p.stem for p, t in before.items() if p.stat().st_mtime_ns != t)
@@ -221,4 +208,4 @@ def test_adding_a_run_computes_only_that_run_and_the_comparison(copy_of_finished
     config["runs"]["fcn-tiny-opencv-cpu-160"] = dict(config["runs"]["fcn-tiny-opencv-cpu"], resize=[160, 160])
     write_config(copy_of_finished, config)
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0}

@@ -46,7 +46,8 @@ def snakemake(workdir, *args, check=True, timeout=600):
 
 
 STEP_OF_RULE = [("decode_labels_", "decode"), ("prepare_inputs_", "resize"), ("infer_", "inference"),
-                ("score_", "metrics"), ("aggregate", "aggregate"), ("compare", "compare"), ("all", "all")]
+                ("score_", "metrics"), ("aggregate", "aggregate"), ("compare", "compare"),
+                ("plot_run", "plots"), ("all", "all")]
 
 
 def planned_jobs(workdir):

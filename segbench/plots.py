@@ -1,0 +1,143 @@
+"""Figures for the report: where a model fails and how its time is spread.
+
+Each function writes one PNG (atomically) from the files a run already wrote.
+"""
+
+import csv
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
+from .labels import voc_palette  # noqa: E402
+
+VOID_RGB = (255, 0, 255)  # void drawn in magenta, a colour no VOC class has
+
+
+def _save(fig, out):
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def read_per_image(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            if key != "image_id":
+                row[key] = float(value) if value != "" else float("nan")
+    return rows
+
+
+def class_scores(summary, out):
+    """Per-class IoU and accuracy, sorted by IoU, with the mean IoU marked."""
+    classes = [(name, v["iou"], v["accuracy"]) for name, v in summary["per_class"].items() if v["iou"] is not None]
+    classes.sort(key=lambda c: c[1])
+    names = [c[0] for c in classes]
+    y = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(classes) + 1.5))
+    ax.barh(y - 0.2, [c[1] for c in classes], height=0.4, label="IoU", color="tab:blue")
+    ax.barh(y + 0.2, [c[2] if c[2] is not None else 0 for c in classes], height=0.4, label="accuracy",
+            color="tab:orange")
+    ax.axvline(summary["mean_iou"], color="black", linestyle="--", label=f"mean IoU {summary['mean_iou']:.3f}")
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score (dataset: summed confusion matrix)")
+    ax.legend(loc="lower right")
+    ax.set_title(f"{summary['provenance']['run']}: per-class IoU and accuracy")
+    _save(fig, out)
+
+
+def confusion(summary, out):
+    """The confusion matrix normalised by ground-truth class (rows sum to 1)."""
+    hist = np.asarray(summary["confusion_matrix"], dtype=float)
+    names = list(summary["per_class"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = hist / hist.sum(1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(np.nan_to_num(normalised), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(image, ax=ax, label="fraction of the ground-truth class")
+    ax.set_title(f"{summary['provenance']['run']}: confusion matrix (void excluded)")
+    _save(fig, out)
+
+
+def forward_times(summary, rows, out):
+    """Distribution of per-image forward times (warm-up passes are never recorded), median and p90 marked."""
+    times = np.array([r["forward_s"] for r in rows]) * 1000
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(times, bins=min(40, max(5, len(times) // 3)), color="tab:gray")
+    for key, style in (("median_s", "-"), ("p90_s", "--")):
+        ms = summary["timing"][key] * 1000
+        ax.axvline(ms, color="tab:red", linestyle=style, label=f"{key[:-2]} {ms:.2f} ms")
+    ax.set_xlabel("forward pass per image (ms)")
+    ax.set_ylabel("images")
+    ax.legend()
+    ax.set_title(f"{summary['provenance']['run']}: forward time ({summary['timing']['warmup']} warm-up passes "
+                 f"per job not counted)")
+    _save(fig, out)
+
+
+def accuracy_by_size(summary, rows, out):
+    """Per-image pixel accuracy against image size."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter([r["height"] * r["width"] / 1e3 for r in rows], [r["pixel_accuracy"] for r in rows], s=14)
+    ax.set_xlabel("image size (thousands of pixels)")
+    ax.set_ylabel("pixel accuracy (void excluded)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{summary['provenance']['run']}: per-image pixel accuracy by size")
+    _save(fig, out)
+
+
+def colourise(labels):
+    """Label indices as RGB in the VOC palette, void drawn in magenta."""
+    rgb = voc_palette()[labels]
+    rgb[labels == 255] = VOID_RGB
+    return rgb
+
+
+def worst_images(rows, paths, count, out):
+    """The `count` images with the lowest per-image mean IoU: photo, ground truth and prediction side by side.
+
+    `paths` maps an image id to (photo, ground-truth PNG, prediction PNG).
+    """
+    ranked = sorted((r for r in rows if np.isfinite(r["mean_iou"])), key=lambda r: r["mean_iou"])[:count]
+    fig, axes = plt.subplots(max(1, len(ranked)), 3, figsize=(9, 2.6 * max(1, len(ranked))), squeeze=False)
+    for row_axes, row in zip(axes, ranked):
+        photo, truth, prediction = paths[row["image_id"]]
+        panels = [np.asarray(Image.open(photo).convert("RGB")),
+                  colourise(np.asarray(Image.open(truth))), colourise(np.asarray(Image.open(prediction)))]
+        titles = [f"{row['image_id']}: mean IoU {row['mean_iou']:.3f}", "ground truth (void: magenta)", "prediction"]
+        for ax, panel, title in zip(row_axes, panels, titles):
+            ax.imshow(panel)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    for ax in axes.ravel()[len(ranked) * 3:]:
+        ax.axis("off")
+    _save(fig, out)
+
+
+def runs_overview(summaries, out):
+    """Forward time (median, p10-p90) and mean IoU per run, side by side: the speed/accuracy trade-off."""
+    names = [s["provenance"]["run"] for s in summaries]
+    y = np.arange(len(names))
+    median = np.array([s["timing"]["median_s"] for s in summaries]) * 1000
+    low = median - np.array([s["timing"]["p10_s"] for s in summaries]) * 1000
+    high = np.array([s["timing"]["p90_s"] for s in summaries]) * 1000 - median
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(names) + 2), sharey=True)
+    left.barh(y, median, xerr=[low, high], color="tab:blue", capsize=4)
+    left.set_yticks(y, names)
+    left.set_xlabel("forward time per image (ms): median, p10-p90")
+    right.barh(y, [s["mean_iou"] for s in summaries], color="tab:green")
+    right.set_xlim(0, 1)
+    right.set_xlabel("mean IoU")
+    fig.suptitle("speed and accuracy per run")
+    _save(fig, out)

@@ -1,0 +1,57 @@
+"""The figures, the Snakemake report and the terminal summary."""
+
+import csv
+import re
+
+import pytest
+from PIL import Image
+
+from workflow_helpers import snakemake
+
+pytestmark = pytest.mark.slow
+
+RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu", "fcn-tiny-caffe-cpu-160"]
+PLOTS = ["class_scores", "confusion", "forward_times", "accuracy_by_size", "worst_images"]
+
+
+def check_png(path, min_width=400, min_height=250):
+    with Image.open(path) as image:
+        image.verify()  # a complete, uncorrupted PNG
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width >= min_width and image.height >= min_height, (path, image.size)
+        assert image.width <= 3000 and image.height <= 4000, (path, image.size)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is None or len(colours) > 10, f"{path} looks blank"
+
+
+def test_every_plot_is_a_sensible_png(finished):
+    for run in RUNS:
+        for plot in PLOTS:
+            check_png(finished / "results" / run / "plots" / f"{plot}.png")
+    check_png(finished / "results" / "plots" / "speed_accuracy.png")
+    # six images in the gallery, three panels each: taller than wide
+    with Image.open(finished / "results" / RUNS[0] / "plots" / "worst_images.png") as gallery:
+        assert gallery.height > 1.5 * gallery.width
+
+
+def test_report_embeds_every_figure(copy_of_finished):
+    snakemake(copy_of_finished, "--report", "report.html")
+    html = (copy_of_finished / "report.html").read_text()
+    for run in RUNS:
+        for plot in PLOTS:
+            assert f"results/{run}/plots/{plot}.png" in html
+    assert "results/plots/speed_accuracy.png" in html and "results/comparison.csv" in html
+    assert len(re.findall(r"data:image/png;charset=utf8;filename=\w+\.png;base64,", html)) >= len(RUNS) * len(PLOTS) + 1
+
+
+def test_terminal_summary_after_a_run(finished, tmp_path):
+    import shutil
+    workdir = shutil.copytree(finished, tmp_path / "wd", symlinks=True)
+    (workdir / "results" / "comparison.csv").unlink()
+    output = snakemake(workdir).stdout
+    assert "segbench results" in output and "snakemake --report report.html" in output
+    with open(workdir / "results" / "comparison.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            line = next(l for l in output.splitlines() if l.startswith(row["run"] + " "))
+            assert f"{float(row['mean_iou']):.3f}" in line and row["backend"] in line
