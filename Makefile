@@ -24,7 +24,10 @@ $(VENV)/.requirements-installed: requirements.txt pyproject.toml
 demo: setup
 	$(BIN)/snakemake --cores 4
 
+# The report test opens the HTML report in Debian's Chromium (headless).
 test: setup
+	command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	$(BIN)/python -m pytest -q tests
 
 # FCN-8s on VOC2012 seg11valid: downloads about 2.5 GB once, then scores 736 images.

@@ -55,3 +55,28 @@ def test_terminal_summary_after_a_run(finished, tmp_path):
         for row in csv.DictReader(f):
             line = next(l for l in output.splitlines() if l.startswith(row["run"] + " "))
             assert f"{float(row['mean_iou']):.3f}" in line and row["backend"] in line
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def test_report_renders_in_headless_chromium_with_images_loaded(copy_of_finished):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    snakemake(copy_of_finished, "--report", "report.html")
+    shown = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        for category, files in [*((run, [f"results/{run}/plots/{plot}.png" for plot in PLOTS]) for run in RUNS),
+                                ("comparison", ["results/plots/speed_accuracy.png"])]:
+            page.goto((copy_of_finished / "report.html").as_uri())
+            page.get_by_text(category, exact=True).click()
+            for name in files:
+                page.locator("tr", has_text=name).locator("a[iconname=eye]").click()
+                image = page.locator(f"img[src*='filename={name.rsplit('/', 1)[1]};']")
+                image.wait_for(timeout=10000)
+                shown[name] = page.evaluate("img => img.complete && img.naturalWidth", image.element_handle())
+        browser.close()
+    assert len(shown) == len(RUNS) * len(PLOTS) + 1
+    assert all(width and width >= 400 for width in shown.values()), shown
