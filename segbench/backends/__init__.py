@@ -10,6 +10,7 @@ module here, one entry in BACKENDS and one in the config schema's `backend` enum
 """
 
 import importlib
+from pathlib import Path
 
 from .. import SegbenchError
 
@@ -31,6 +32,15 @@ def parse_device(device):
     if kind == "gpu" and index.isdigit():
         return "gpu", int(index)
     raise BackendError(f"device must be 'cpu' or 'gpu:N', got {device!r}")
+
+
+def check_model_files(prototxt, weights):
+    """Refuse missing or empty model files before a backend reads them (Caffe would abort the process)."""
+    for path in (prototxt, weights):
+        if not Path(path).is_file():
+            raise BackendError(f"{path}: model file not found")
+        if Path(path).stat().st_size == 0:
+            raise BackendError(f"{path}: model file is empty")
 
 
 def backend_class(name):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from . import BackendError, parse_device
+from . import BackendError, check_model_files, parse_device
 
 # The string behind Caffe's NO_GPU check exists only in CPU-only builds.
 _CPU_ONLY_MARKER = b"Cannot use GPU in CPU-only Caffe"
@@ -75,11 +75,7 @@ class CaffeBackend:
         return kind
 
     def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None):
-        for path in (prototxt, weights):
-            if not Path(path).is_file():
-                raise BackendError(f"{path}: model file not found")
-        if Path(weights).stat().st_size == 0:
-            raise BackendError(f"{weights}: weights file is empty")
+        check_model_files(prototxt, weights)
         kind = self.check_device(device)
         caffe = import_caffe()
         if threads:

@@ -6,7 +6,7 @@ OpenCV 5 removed the Caffe importer, so requirements.txt pins opencv-python-head
 import time
 from pathlib import Path
 
-from . import BackendError, parse_device
+from . import BackendError, check_model_files, parse_device
 
 
 def import_cv2():
@@ -43,9 +43,7 @@ class OpenCVBackend:
         return kind
 
     def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None):
-        for path in (prototxt, weights):
-            if not Path(path).is_file():
-                raise BackendError(f"{path}: model file not found")
+        check_model_files(prototxt, weights)
         kind = self.check_device(device)
         cv2 = import_cv2()
         if threads:
