@@ -5,6 +5,8 @@
 
 import os
 
+from segbench.cluster import inference_resource_callables
+
 INFERENCE = config["inference"]
 
 for _run in RUNS:
@@ -34,6 +36,10 @@ for _run in RUNS:
             threads: inference_threads(_spec)
             resources:
                 inference_slot=1 if INFERENCE["exclusive"] else 0,
+                # On a cluster (profiles/slurm): memory and wall time from the model and the shard,
+                # a GPU for gpu:N devices, a whole node when inference is exclusive (segbench/cluster.py).
+                **inference_resource_callables(_model, _spec["device"], len(_ids), backend=_spec["backend"],
+                                               warmup=INFERENCE["warmup"], exclusive=INFERENCE["exclusive"]),
             conda:
                 f"../envs/{_spec['backend']}.yaml"
             log:
