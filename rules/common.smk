@@ -31,11 +31,15 @@ except SegbenchError as error:
 
 
 onstart:
-    # Before any job, but not in a dry run, which may plan for a GPU machine elsewhere.
-    try:
-        P.Plan.check_devices(config)
-    except SegbenchError as error:
-        raise WorkflowError(f"segbench: {error}") from None
+    # Before any job, but not in a dry run, which may plan for a GPU machine elsewhere, nor
+    # when jobs go to a cluster, whose nodes may have the GPU that this machine lacks (the
+    # inference job checks again, before any GPU call).
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.common_settings.local_exec:
+        try:
+            P.Plan.check_devices(config)
+        except SegbenchError as error:
+            raise WorkflowError(f"segbench: {error}") from None
 
 
 DATA = config["dataset"]
@@ -61,5 +65,7 @@ def inference_threads(run_spec):
     """A run's threads, or the cores given to snakemake (at most the machine's)."""
     if run_spec["threads"]:
         return run_spec["threads"]
+    if os.environ.get("SLURM_CPUS_PER_TASK"):  # inside a cluster job: what SLURM allocated
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
     cores = workflow.resource_settings.cores  # None without --cores, e.g. for --report
     return min(cores, os.cpu_count()) if cores else os.cpu_count()

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
-from .labels import voc_palette  # noqa: E402
+from .labels import read_label_png, voc_palette  # noqa: E402
 
 VOID_RGB = (255, 0, 255)  # void drawn in magenta, a colour no VOC class has
 
@@ -114,7 +114,7 @@ def worst_images(rows, paths, count, out):
     for row_axes, row in zip(axes, ranked):
         photo, truth, prediction = paths[row["image_id"]]
         panels = [np.asarray(Image.open(photo).convert("RGB")),
-                  colourise(np.asarray(Image.open(truth))), colourise(np.asarray(Image.open(prediction)))]
+                  colourise(read_label_png(truth)), colourise(read_label_png(prediction))]
         titles = [f"{row['image_id']}: mean IoU {row['mean_iou']:.3f}", "ground truth (void: magenta)", "prediction"]
         for ax, panel, title in zip(row_axes, panels, titles):
             ax.imshow(panel)
