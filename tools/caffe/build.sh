@@ -6,8 +6,11 @@
 #
 # PYTHON is the interpreter of the virtual environment that will import caffe
 # (its numpy headers are compiled in). The variant picks the patch set:
-#   segbench  all patches in patches/ (build fixes, >512 MiB weights, Crop fix, lazy imports)
-#   stock     only what is needed to build and to load weights over 512 MiB
+#   segbench  all patches in patches/ (build fixes, >512 MiB weights, lazy imports, and
+#             CPU speed: Crop fix, convolution in row bands through one small im2col
+#             buffer, max pooling in registers, the other layers on all BLAS threads)
+#   stock     only what is needed to build and to load weights over 512 MiB (the
+#             reference that benchmarks/bench.py measures segbench's build against)
 # The cache key covers the sdist hash, the patches, this script, the Python and
 # numpy versions, so a second run with nothing changed takes a second.
 # Facts behind each patch: shared notes, caffe.md.
