@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from segbench.provenance import sha256_file
+
 SEED = 20240604
 GENERATOR_VERSION = 1  # bump when the weights recipe changes
 NUM_CLASSES = 21
@@ -153,14 +155,6 @@ def gflops(height, width):
 
 
 # --------------------------------------------------------------------------- weights
-
-def sha256_file(path, chunk=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _fill(net, seed):
     """He-scaled normal weights (std sqrt(2 / fan_in)) and small biases, in layer order, from one generator."""
