@@ -23,6 +23,10 @@ class LabelError(SegbenchError):
 
 def voc_palette():
     """The 256-entry VOC colour map (index 255, void, is (224, 224, 192)), as a (256, 3) uint8 array."""
+    return _VOC_PALETTE.copy()
+
+
+def _make_voc_palette():
     palette = np.zeros((256, 3), dtype=np.uint8)
     for index in range(256):
         value, r, g, b = index, 0, 0, 0
@@ -33,6 +37,10 @@ def voc_palette():
             value >>= 3
         palette[index] = (r, g, b)
     return palette
+
+
+_VOC_PALETTE = _make_voc_palette()
+_VOC_PALETTE_BYTES = _VOC_PALETTE.tobytes()
 
 
 def _describe_values(values, counts, limit=8):
@@ -115,6 +123,6 @@ def write_label_png(path, labels):
     if labels.ndim != 2 or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError(f"{path}: a label map must be 2-D with values 0..255")
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette().tobytes())
+    image.putpalette(_VOC_PALETTE_BYTES)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

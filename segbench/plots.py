@@ -18,9 +18,9 @@ from .labels import read_label_png, voc_palette  # noqa: E402
 VOID_RGB = (255, 0, 255)  # void drawn in magenta, a colour no VOC class has
 
 
-def _save(fig, out):
+def _save(fig, out, tight=True):
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight" if tight else None)
     plt.close(fig)
 
 
@@ -116,13 +116,16 @@ def worst_images(rows, paths, count, out):
         panels = [np.asarray(Image.open(photo).convert("RGB")),
                   colourise(read_label_png(truth)), colourise(read_label_png(prediction))]
         titles = [f"{row['image_id']}: mean IoU {row['mean_iou']:.3f}", "ground truth (void: magenta)", "prediction"]
-        for ax, panel, title in zip(row_axes, panels, titles):
-            ax.imshow(panel)
+        for ax, panel, title, interpolation in zip(row_axes, panels, titles, ("antialiased", "nearest", "nearest")):
+            # Label maps are drawn without smoothing, which would blend class colours at edges.
+            ax.imshow(panel, interpolation=interpolation)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     for ax in axes.ravel()[len(ranked) * 3:]:
         ax.axis("off")
-    _save(fig, out)
+    # Fixed margins rather than a tight bounding box, which draws the 18 panels twice.
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / fig.get_figheight(), bottom=0.01, hspace=0.25, wspace=0.03)
+    _save(fig, out, tight=False)
 
 
 def runs_overview(summaries, out):

@@ -25,7 +25,7 @@ def test_caffe_and_opencv_scores_agree(image_id):
         assert scores.shape == (21, *rgb.shape[:2]) and seconds > 0
         prov = backend.provenance()
         assert prov["backend"] == name and prov["device"] == "cpu" and prov["threads"] == 1
-        results[name] = scores
+        results[name] = scores.copy()  # valid only until the next forward call
     np.testing.assert_allclose(results["opencv"], results["caffe"], rtol=1e-4, atol=1e-3)
     agree = (results["opencv"].argmax(0) == results["caffe"].argmax(0)).mean()
     assert agree >= 0.999

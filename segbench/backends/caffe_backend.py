@@ -115,7 +115,9 @@ class CaffeBackend:
         if scores.ndim != 4 or scores.shape[0] != 1:
             raise BackendError(f"{self.prototxt}: output blob {self.output_blob!r} has shape "
                                f"{scores.shape}; expected (1, classes, height, width)")
-        return scores[0].copy(), seconds
+        # The net's own output buffer, not a copy (a 500x500 image's scores are 21 MB): it is
+        # valid until the next forward pass, and predict() is done with it by then.
+        return scores[0], seconds
 
     def provenance(self):
         return {
