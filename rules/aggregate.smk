@@ -5,7 +5,7 @@
 
 rule aggregate:
     input:
-        metrics=lambda w: [P.image_metrics_json(w.run, i) for i in PLAN.ids],
+        metrics=lambda w: [P.metrics_json(w.run, b) for b in range(len(PLAN.batches))],
         shards=lambda w: [P.shard_json(w.run, s) for s in range(len(PLAN.shards))],
         prototxt=lambda w: config["models"][config["runs"][w.run]["model"]]["prototxt"],
         weights=lambda w: config["models"][config["runs"][w.run]["model"]]["weights"],

@@ -19,7 +19,7 @@ for _run in RUNS:
             name:
                 f"infer_{_run}_{_s:04d}"
             input:
-                inputs=[P.input_npz(_key, i) for i in _ids],
+                inputs=[P.input_batch(_key, b) for b in PLAN.batches_of(_ids)],
                 prototxt=_model["prototxt"],
                 weights=_model["weights"],
             output:

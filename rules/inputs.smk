@@ -9,8 +9,9 @@ for _key, _size in PLAN.resize_keys.items():
             input:
                 [PLAN.images[i] for i in _ids],
             output:
-                [P.input_npz(_key, i) for i in _ids],
+                P.input_batch(_key, _b),
             params:
+                ids=_ids,
                 resize=_size,
             localrule: True
             conda:

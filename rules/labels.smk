@@ -1,4 +1,4 @@
-# Decode ground truth: palette PNG -> label indices, one job per batch of images.
+# Decode ground truth: palette PNG -> label indices, one job and one file per batch of images.
 # The range check reads the configuration at run time rather than through params,
 # so that changing ignore_label or num_classes does not redo the decoding
 # (the metrics step checks the values again with the current settings).
@@ -11,7 +11,9 @@ for _b, _ids in enumerate(PLAN.batches):
         input:
             gt_pngs(_ids),
         output:
-            [P.label_npy(i) for i in _ids],
+            P.label_batch(_b),
+        params:
+            ids=_ids,
         localrule: True
         conda:
             "../envs/steps.yaml"

@@ -1,5 +1,5 @@
 # Per-image metrics: the confusion matrix of each image (ignore label excluded)
-# and its per-image values, one job per run and batch.
+# and its per-image values, one job and one JSON file per run and batch.
 
 for _run in RUNS:
     for _b, _ids in enumerate(PLAN.batches):
@@ -8,10 +8,10 @@ for _run in RUNS:
             name:
                 f"score_{_run}_{_b:04d}"
             input:
-                labels=[P.label_npy(i) for i in _ids],
+                labels=P.label_batch(_b),
                 predictions=[P.prediction_png(_run, i) for i in _ids],
             output:
-                [P.image_metrics_json(_run, i) for i in _ids],
+                P.metrics_json(_run, _b),
             params:
                 ids=_ids,
                 label_pngs=gt_pngs(_ids),

@@ -3,4 +3,5 @@ from segbench.jobs import run_step
 from segbench.steps import decode_labels
 
 run_step(snakemake, lambda sm: decode_labels(
-    list(sm.input), list(sm.output), sm.config["dataset"]["num_classes"], sm.config["dataset"]["ignore_label"]))
+    sm.params.ids, list(sm.input), sm.output[0], sm.config["dataset"]["num_classes"],
+    sm.config["dataset"]["ignore_label"]))

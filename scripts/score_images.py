@@ -3,5 +3,5 @@ from segbench.jobs import run_step
 from segbench.steps import score_images
 
 run_step(snakemake, lambda sm: score_images(
-    sm.params.ids, list(sm.input.labels), list(sm.input.predictions), sm.params.label_pngs,
-    list(sm.output), sm.params.num_classes, sm.params.ignore_label))
+    sm.params.ids, [sm.input.labels], list(sm.input.predictions), sm.params.label_pngs,
+    sm.output[0], sm.params.num_classes, sm.params.ignore_label))

@@ -5,6 +5,7 @@ spelled in one place.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import dataset
@@ -20,12 +21,14 @@ def resize_key(resize):
     return "native" if resize is None else f"{resize[0]}x{resize[1]}"
 
 
-def label_npy(image_id):
-    return f"{WORK}/labels/{image_id}.npy"
+# Intermediate arrays are kept per batch of images (segbench.files.write_batch); predictions,
+# which users look at, per image.
+def label_batch(batch):
+    return f"{WORK}/labels/batch-{batch:04d}.npz"
 
 
-def input_npz(key, image_id):
-    return f"{WORK}/inputs/{key}/{image_id}.npz"
+def input_batch(key, batch):
+    return f"{WORK}/inputs/{key}/batch-{batch:04d}.npz"
 
 
 def prediction_png(run, image_id):
@@ -36,8 +39,8 @@ def shard_json(run, shard):
     return f"{WORK}/runs/{run}/inference/shard-{shard:04d}.json"
 
 
-def image_metrics_json(run, image_id):
-    return f"{WORK}/runs/{run}/metrics/{image_id}.json"
+def metrics_json(run, batch):
+    return f"{WORK}/runs/{run}/metrics/batch-{batch:04d}.json"
 
 
 def chunks(items, size):
@@ -52,6 +55,14 @@ class Plan:
     batches: list  # image ids per job of the cheap per-image steps
     shards: list  # image ids per inference job
     resize_keys: dict  # resize key -> [H, W] or None, for the resize settings that runs use
+
+    def batches_of(self, ids):
+        """Indices of the batches that hold `ids` (an inference shard reads these batches' inputs)."""
+        return sorted({self.batch_index[i] for i in ids})
+
+    @cached_property
+    def batch_index(self):
+        return {i: b for b, ids in enumerate(self.batches) for i in ids}
 
     @staticmethod
     def check_devices(config):

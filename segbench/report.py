@@ -85,7 +85,7 @@ def summarize(image_records, shard_records, class_names):
 
 def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons, shard_jsons,
                   summary_out, per_image_out, per_class_out, run_config=None):
-    images = [read_json(p) for p in metric_jsons]
+    images = [image for p in metric_jsons for image in read_json(p)["images"]]
     shards = [read_json(p) for p in shard_jsons]
     summary = summarize(images, shards, class_names)
     forward_by_id = {i["id"]: i["forward_s"] for s in shards for i in s["images"]}

@@ -8,15 +8,9 @@ import logging
 import numpy as np
 
 from . import images, labels, metrics
-from .files import atomic_path, write_json
+from .files import read_batch, write_batch, write_json
 
 log = logging.getLogger("segbench")
-
-
-def _save_npy(path, array):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
 
 
 def _check_label_values(truth, num_classes, ignore_label, path):
@@ -33,26 +27,26 @@ def _check_label_values(truth, num_classes, ignore_label, path):
     labels.check_label_values(truth, num_classes, ignore_label, path)
 
 
-def decode_labels(label_pngs, outputs, num_classes, ignore_label):
-    """Ground-truth PNGs -> label index arrays (.npy), checked for values that are no class."""
-    for png, out in zip(label_pngs, outputs, strict=True):
+def decode_labels(image_ids, label_pngs, output, num_classes, ignore_label):
+    """Ground-truth PNGs -> one batch file of label index arrays, checked for values that are no class."""
+    truths = []
+    for png in label_pngs:
         truth = labels.read_label_png(png)
         _check_label_values(truth, num_classes, ignore_label, png)
-        _save_npy(out, truth)
-    log.info("decoded %d label maps", len(outputs))
+        truths.append(truth)
+    write_batch(output, image_ids, label=truths)
+    log.info("decoded %d label maps", len(truths))
 
 
-def prepare_inputs(image_paths, outputs, resize):
-    """Photos -> network inputs (.npz with the RGB image and its original size)."""
-    for path, out in zip(image_paths, outputs, strict=True):
+def prepare_inputs(image_ids, image_paths, output, resize):
+    """Photos -> one batch file of network inputs: each RGB image and its original size."""
+    rgbs, source_hws = [], []
+    for path in image_paths:
         rgb = images.read_image(path)
-        source_hw = np.array(rgb.shape[:2], dtype=np.int64)
-        if resize is not None:
-            rgb = images.resize_image(rgb, resize)
-        with atomic_path(out) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, image=rgb, source_hw=source_hw)
-    log.info("prepared %d network inputs (%s)", len(outputs), "native size" if resize is None else resize)
+        source_hws.append(np.array(rgb.shape[:2], dtype=np.int64))
+        rgbs.append(rgb if resize is None else images.resize_image(rgb, resize))
+    write_batch(output, image_ids, image=rgbs, source_hw=source_hws)
+    log.info("prepared %d network inputs (%s)", len(rgbs), "native size" if resize is None else resize)
 
 
 def predict(backend, rgb, source_hw, model):
@@ -77,7 +71,7 @@ def _argmax_classes(scores):
     return classes
 
 
-def run_inference(image_ids, input_npzs, prediction_pngs, shard_out, model, backend, device, warmup,
+def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, backend, device, warmup,
                   threads=None):
     """Load the model once, then predict every image of the shard and time each forward pass."""
     # Imported here, so that the jobs of the cheap steps, which import this module too, start faster.
@@ -87,12 +81,9 @@ def run_inference(image_ids, input_npzs, prediction_pngs, shard_out, model, back
     net = load_backend(backend, prototxt=model["prototxt"], weights=model["weights"], device=device,
                        input_blob=model["input_blob"], output_blob=model["output_blob"], threads=threads)
     log.info("loaded %s on %s in %.3f s", model["weights"], device, net.load_seconds)
-    # Every input is read before the first pass, and once: an NpzFile reads (and CRC-checks) an
-    # array again at each access.
-    loaded = []
-    for path in input_npzs:
-        with np.load(path) as data:
-            loaded.append((data["image"], tuple(data["source_hw"])))
+    # Every input is read before the first pass, so that no pass waits for the disk.
+    inputs = read_batch(input_batches, image_ids, "image", "source_hw")
+    loaded = [(inputs[i][0], tuple(inputs[i][1])) for i in image_ids]
     if loaded and warmup:
         first = images.to_network_input(loaded[0][0], model["mean"], model["scale"], model["channel_order"])
         for _ in range(warmup):
@@ -109,11 +100,12 @@ def run_inference(image_ids, input_npzs, prediction_pngs, shard_out, model, back
                            "warmup": warmup, "images": records})
 
 
-def score_images(image_ids, label_npys, prediction_pngs, label_pngs, outputs, num_classes, ignore_label):
-    """Per-image confusion matrix (ignore label excluded) and per-image metrics, as JSON."""
-    for image_id, npy, pred_png, gt_png, out in zip(image_ids, label_npys, prediction_pngs, label_pngs,
-                                                    outputs, strict=True):
-        truth = np.load(npy)
+def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, num_classes, ignore_label):
+    """Per-image confusion matrix (ignore label excluded) and per-image metrics of a batch, as one JSON."""
+    truths = read_batch(label_batches, image_ids, "label")
+    records = []
+    for image_id, pred_png, gt_png in zip(image_ids, prediction_pngs, label_pngs, strict=True):
+        (truth,) = truths[image_id]
         _check_label_values(truth, num_classes, ignore_label, gt_png)
         prediction = labels.read_label_png(pred_png)
         try:
@@ -122,12 +114,13 @@ def score_images(image_ids, label_npys, prediction_pngs, label_pngs, outputs, nu
             raise metrics.MetricError(f"{pred_png} against {gt_png}: {error}") from None
         void = int((truth == ignore_label).sum())
         values = metrics.scores(hist, void_pixels=void)
-        write_json(out, {
+        records.append({
             "id": image_id, "height": int(truth.shape[0]), "width": int(truth.shape[1]),
             "valid_pixels": int(hist.sum()), "void_pixels": void,
             "pixel_accuracy": values["pixel_accuracy"],
             "pixel_accuracy_void_as_error": values["pixel_accuracy_void_as_error"],
             "mean_iou": values["mean_iou"],
-            "confusion": hist.tolist(),
+            "confusion": hist,
         })
-    log.info("scored %d images", len(outputs))
+    write_json(output, {"images": records}, indent=None)  # compact: a confusion matrix per image
+    log.info("scored %d images", len(records))

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from segbench.labels import voc_palette
-from workflow_helpers import leftovers, make_workdir, read_config, snakemake, write_config
+from workflow_helpers import batch_files, decoded_labels, leftovers, make_workdir, read_config, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_rgb_ground_truth_with_colours_outside_the_palette(workdir):
     rgb[5:9, 5:9] = (1, 2, 3)
     Image.fromarray(rgb).save(png)
     fails(workdir, "VOC/SegmentationClass/demo_002.png", "not in the VOC palette", "(1, 2, 3)")
-    assert not (workdir / "work" / "labels" / "demo_002.npy").exists()
+    assert decoded_labels(workdir, "demo_002") is None
 
 
 def test_rgb_ground_truth_with_palette_colours_is_accepted(workdir):
@@ -40,7 +40,7 @@ def test_rgb_ground_truth_with_palette_colours_is_accepted(workdir):
     indices = np.array(Image.open(png))
     Image.fromarray(voc_palette()[indices]).save(png)  # labels someone re-saved as colours
     snakemake(workdir)
-    np.testing.assert_array_equal(np.load(workdir / "work" / "labels" / "demo_002.npy"), indices)
+    np.testing.assert_array_equal(decoded_labels(workdir, "demo_002"), indices)
 
 
 def test_label_outside_the_classes(workdir):
@@ -75,7 +75,8 @@ def test_corrupt_jpeg(workdir):
     data = jpg.read_bytes()
     jpg.write_bytes(data[: len(data) // 2])
     fails(workdir, "VOC/JPEGImages/demo_000.jpg", "cannot decode image")
-    assert not list((workdir / "work").glob("inputs/*/demo_000.npz"))
+    for key in (workdir / "work" / "inputs").glob("*"):
+        assert not any("demo_000" in ids for ids in batch_files(key).values())
 
 
 def test_missing_model_file(workdir):

@@ -43,7 +43,7 @@ def test_validate_fills_defaults():
     assert len(cfg["dataset"]["class_names"]) == 21
     assert cfg["dataset"]["class_names"][15] == "person"
     assert cfg["inference"]["warmup"] == 2
-    assert cfg["inference"]["shard_size"] == 50
+    assert cfg["inference"]["shard_size"] == 250
     assert cfg["runs"]["fcn8s-cpu"]["device"] == "cpu"
     assert cfg["runs"]["fcn8s-cpu"]["backend"] == "caffe"
     assert cfg["runs"]["fcn8s-cpu"]["resize"] is None
@@ -57,7 +57,7 @@ def test_validate_keeps_given_values():
     cfg = validate(config(dataset__limit=10, inference={"warmup": 0}))
     assert cfg["dataset"]["limit"] == 10
     assert cfg["inference"]["warmup"] == 0
-    assert cfg["inference"]["shard_size"] == 50  # still filled in a partly given section
+    assert cfg["inference"]["shard_size"] == 250  # still filled in a partly given section
 
 
 def test_validate_accepts_gpu_device_and_resize():

@@ -11,7 +11,8 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from segbench.backends.caffe_backend import import_caffe
-from workflow_helpers import leftovers, make_workdir, planned_jobs, read_config, snakemake, write_config
+from workflow_helpers import (batch_files, decoded_labels, leftovers, make_workdir, planned_jobs, read_config,
+                              snakemake, write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -159,11 +160,12 @@ def test_changing_one_ground_truth_reruns_its_decoding_and_metrics_only(copy_of_
     jobs = planned_jobs(copy_of_finished)
     assert jobs | {"all": 0} == {"decode": 1, "resize": 0, "inference": 0, "metrics": len(RUNS),
                                  "aggregate": len(RUNS), "compare": 1, "plots": len(RUNS) + 1, "all": 0}
-    before = {p: p.stat().st_mtime_ns for p in (copy_of_finished / "work" / "labels").glob("*.npy")}
+    batches = batch_files(copy_of_finished / "work" / "labels")
+    before = {p: p.stat().st_mtime_ns for p in batches}
     snakemake(copy_of_finished)
-    rewritten = sorted(p.stem for p, t in before.items() if p.stat().st_mtime_ns != t)
-    assert rewritten == ["demo_004", "demo_005", "demo_006", "demo_007"]
-    assert np.array_equal(np.load(copy_of_finished / "work" / "labels" / "demo_005.npy"), labels)
+    rewritten = [batches[p] for p, t in before.items() if p.stat().st_mtime_ns != t]
+    assert rewritten == [["demo_004", "demo_005", "demo_006", "demo_007"]]
+    assert np.array_equal(decoded_labels(copy_of_finished, "demo_005"), labels)
     assert not leftovers(copy_of_finished)
 
 
@@ -200,7 +202,8 @@ def test_comparison_has_one_row_per_run(finished):
 def test_runs_share_decoded_labels_and_inputs_of_the_same_size(finished):
     log = (finished / "work" / "inputs").iterdir()
     assert sorted(p.name for p in log) == ["160x160", "native"]  # two native-size runs share one set
-    assert len(list((finished / "work" / "labels").glob("*.npy"))) == len(IDS)
+    batches = batch_files(finished / "work" / "labels")
+    assert [i for ids in batches.values() for i in ids] == IDS
 
 
 def test_adding_a_run_computes_only_that_run_and_the_comparison(copy_of_finished):

@@ -72,3 +72,25 @@ def planned_jobs(workdir):
 def leftovers(workdir):
     """Temporary files that a failed step would leave if it wrote non-atomically."""
     return [str(p) for p in workdir.rglob("*.part")]
+
+
+def batch_files(folder):
+    """{batch file: the image ids it holds} for the per-batch array files in `folder`."""
+    import numpy as np
+
+    files = {}
+    for path in sorted(Path(folder).glob("batch-*.npz")):
+        with np.load(path) as data:
+            files[path] = data["ids"].tolist()
+    return files
+
+
+def decoded_labels(workdir, image_id):
+    """The decoded label map of one image, from whichever batch file of work/labels holds it."""
+    import numpy as np
+
+    for path, ids in batch_files(workdir / "work" / "labels").items():
+        if image_id in ids:
+            with np.load(path) as data:
+                return data[f"label_{ids.index(image_id)}"]
+    return None
