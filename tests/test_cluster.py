@@ -51,6 +51,12 @@ def test_memory_grows_with_the_weights(fcn8s, tiny):
     assert 1024 <= small < 2048 < large
 
 
+def test_memory_grows_with_the_shard(tiny):
+    # The job holds every input of its shard: about 0.75 MB per 500x500 photo.
+    small, large = (inference_resources(tiny, "cpu", n, env={})["mem_mb"] for n in (50, 1050))
+    assert large - small >= 1000 * 0.75
+
+
 def test_missing_weights_give_the_base_estimate(tmp_path, tiny):
     missing = inference_resources({"weights": str(tmp_path / "not-yet-downloaded")}, "cpu", 5, env={})
     assert missing == inference_resources(tiny, "cpu", 5, env={})
