@@ -15,7 +15,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A config file given on the command line replaces config.yaml rather than being merged into it
+# (Snakemake's default): otherwise the demo's runs would also run on the user's data.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 
 report: "resources/report/workflow.rst"

@@ -14,11 +14,11 @@ rule aggregate:
         per_image="results/{run}/per_image.csv",
         per_class="results/{run}/per_class.csv",
     params:
-        run=lambda w: config["runs"][w.run],
-        model=lambda w: config["models"][config["runs"][w.run]["model"]],
+        run=lambda w: canonical(config["runs"][w.run]),
+        model=lambda w: canonical(config["models"][config["runs"][w.run]["model"]]),
         class_names=DATA["class_names"],
         ignore_label=DATA["ignore_label"],
-        run_config=lambda w: run_config(w.run),
+        run_config=lambda w: canonical(run_config(w.run)),
     localrule: True
     conda:
         "../envs/steps.yaml"

@@ -35,7 +35,7 @@ for _i, (_dest, _spec) in enumerate(config["unpack"].items()):
             dest=_dest,
             strip=_spec["strip"],
             members=_spec["members"],
-            add=_spec["add"],
+            add=canonical(_spec["add"]),
         localrule: True
         log:
             f"logs/fetch/unpack_{_i:03d}.log",

@@ -61,6 +61,20 @@ def validate(config):
     return config
 
 
+def canonical(value):
+    """`value` with the keys of every dict in sorted order, recursively.
+
+    Snakemake decides whether a job's params changed by comparing their repr, and a dict's repr
+    follows its key order: settings given to rules in this form rerun nothing when a config file
+    is rewritten with its keys in another order.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
 def load(path):
     """Read and validate a YAML configuration file."""
     try:
