@@ -6,6 +6,7 @@ from pathlib import Path
 
 from segbench import SegbenchError
 from segbench import config as segbench_config
+from segbench.config import canonical
 from segbench import plan as P
 from segbench.report import terminal_summary
 from snakemake.exceptions import WorkflowError
@@ -59,6 +60,15 @@ def run_config(run):
     spec = config["runs"][run]
     return {"dataset": DATA, "run": spec, "model": config["models"][spec["model"]],
             "inference": config["inference"]}
+
+
+def inference_job_threads(run_spec):
+    """The cores an inference job holds: with inference.exclusive, every core given to snakemake
+    when jobs run on this machine (Snakemake then starts no other job beside it); else the run's."""
+    local = workflow.is_main_process and workflow.nodes is None
+    if config["inference"]["exclusive"] and local:
+        return workflow.resource_settings.cores or os.cpu_count()
+    return inference_threads(run_spec)
 
 
 def inference_threads(run_spec):

@@ -1,7 +1,9 @@
 # Inference: one job per run and shard of `inference.shard_size` images; the model
-# is loaded once per job. Jobs ask for one `inference_slot`, of which the workflow
-# profile (profiles/default) allows one at a time, so that timings are not
-# disturbed by another inference job; `inference.exclusive: false` lifts that.
+# is loaded once per job. While `inference.exclusive` is true, an inference job run on this
+# machine holds every core given to snakemake, so that no other job of the workflow (another
+# inference job, decoding, resizing, scoring) runs beside a timed forward pass; the backend
+# uses the run's `threads`. On a cluster, jobs ask for one `inference_slot`, of which the
+# workflow profile (profiles/default) allows one at a time, and a whole node (segbench/cluster.py).
 
 import os
 
@@ -27,13 +29,13 @@ for _run in RUNS:
                 shard=P.shard_json(_run, _s),
             params:
                 ids=_ids,
-                model=_model,
+                model=canonical(_model),
                 backend=_spec["backend"],
                 device=_spec["device"],
                 resize=_spec["resize"],
                 warmup=INFERENCE["warmup"],
                 threads=_spec["threads"],
-            threads: inference_threads(_spec)
+            threads: inference_job_threads(_spec)
             resources:
                 inference_slot=1 if INFERENCE["exclusive"] else 0,
                 # On a cluster (profiles/slurm): memory and wall time from the model and the shard,

@@ -13,6 +13,8 @@ for _key, _size in PLAN.resize_keys.items():
             params:
                 ids=_ids,
                 resize=_size,
+                # A param, so that changing it redoes these inputs and what depends on them only.
+                exif_orientation=DATA["exif_orientation"],
             localrule: True
             conda:
                 "../envs/steps.yaml"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import SegbenchError
+from .images import CHOOSE_ORIENTATION, read_orientation
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -76,6 +77,19 @@ def check_files(root, ids, split):
                      if not Path(p).is_file()], f"split {split!r}")
 
 
+def check_orientations(photos):
+    """Refuse, in one message, photos that viewers show rotated or mirrored (EXIF orientation 2..8):
+    read as stored, they would be scored against labels drawn on what the annotator saw."""
+    turned = [(p, o) for p in photos if (o := read_orientation(p)) not in (None, 1)]
+    if turned:
+        more = f"\n  (and {len(turned) - 10} more)" if len(turned) > 10 else ""
+        raise DatasetError(
+            f"{len(turned)} photo(s) have an EXIF orientation other than 1: viewers and annotation tools show "
+            f"them rotated or mirrored, but their stored pixels are not (dataset.exif_orientation is 'refuse'):\n"
+            + "\n".join(f"  {p}: orientation {o}" for p, o in turned[:10]) + more
+            + f"\nTo score them, {CHOOSE_ORIENTATION}.")
+
+
 def _folders(data, check):
     images_dir, labels_dir = Path(data["images"]), Path(data["labels"])
     for name, folder in (("images", images_dir), ("labels", labels_dir)):
@@ -107,11 +121,17 @@ def _folders(data, check):
     return Dataset(ids, images, {i: f"{labels_dir}/{i}.png" for i in ids})
 
 
-def load(data, check_files_exist=True):
-    """The dataset described by the config's `dataset` section; checks that its files exist."""
-    if data["layout"] == "folders":
-        return _folders(data, check_files_exist)
+def _voc(data, check):
     ids = split_ids(data["root"], data["split"], data["limit"])
-    if check_files_exist:
+    if check:
         check_files(data["root"], ids, data["split"])
     return Dataset(ids, {i: image_path(data["root"], i) for i in ids}, {i: label_path(data["root"], i) for i in ids})
+
+
+def load(data, check_files_exist=True):
+    """The dataset described by the config's `dataset` section; checks that its files exist and,
+    unless dataset.exif_orientation says otherwise, that no photo is shown rotated by viewers."""
+    found = (_folders if data["layout"] == "folders" else _voc)(data, check_files_exist)
+    if check_files_exist and data.get("exif_orientation", "refuse") == "refuse":
+        check_orientations([found.images[i] for i in found.ids])
+    return found

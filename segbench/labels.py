@@ -69,6 +69,27 @@ def _rgb_to_indices(rgb, path):
     return indices[inverse].reshape(packed.shape)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_header(path):
+    """(bit depth, colour type) from a PNG's IHDR chunk, which must come first; None if not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(26)  # signature, IHDR length and type, width, height, bit depth, colour type
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _stored_gray_values(values, path):
+    """Pillow stretches 2- and 4-bit grayscale PNG samples to 0..255 (x85, x17): a stored 1 would
+    read as class 85 or 17, and a stored 3 or 15 as void; labels need the stored values."""
+    header = _png_header(path)
+    if header is None or header[1] != 0 or header[0] not in (2, 4):
+        return values
+    return values // (255 // (2 ** header[0] - 1))
+
+
 def read_label_png(path):
     """Return the class indices of a label image as a (H, W) uint8 array.
 
@@ -86,7 +107,7 @@ def read_label_png(path):
                 # convert("L") would turn 1 into 255, the void label.
                 return np.asarray(image).astype(np.uint8)
             if mode == "L":
-                return np.asarray(image, dtype=np.uint8).copy()
+                return _stored_gray_values(np.asarray(image, dtype=np.uint8).copy(), path)
             if mode in ("I", "I;16", "I;16B", "I;16L"):
                 values = np.asarray(image).astype(np.int64)
                 if values.min() < 0 or values.max() > 255:
@@ -103,7 +124,10 @@ def read_label_png(path):
     except (OSError, SyntaxError, ValueError) as error:
         if isinstance(error, LabelError):
             raise
-        raise LabelError(f"{path}: cannot read label image: {error}") from None
+        # Cut short (a crash, a full disk, a copy that stopped) or not an image at all.
+        raise LabelError(f"{path}: cannot read label image, the file is damaged or not an image ({error}); "
+                         f"if the workflow wrote it (a prediction), delete it and run the same command "
+                         f"again to recompute it, else replace it with a good copy") from None
     return _rgb_to_indices(rgb, path)
 
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import map_coordinates
 
+from png_bytes import GRAY, png_bytes
 from segbench.images import ImageError, read_image, resize_labels, resize_scores, to_network_input
 
 # (input size, output size) per axis: up and down, integer and non-integer factors.
@@ -192,6 +193,38 @@ def test_read_image_grayscale_jpeg_has_three_equal_channels(tmp_path):
     np.testing.assert_array_equal(image[..., 0], image[..., 1])
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
     assert np.abs(image[..., 0].astype(int) - gray.astype(int)).max() <= 4
+
+
+def test_read_image_sixteen_bit_grayscale_png_is_scaled_not_clamped(tmp_path):
+    stored = [[0, 128, 129, 257, 32767], [32896, 65406, 65407, 65535, 1000]]
+    # round(v * 255 / 65535) = round(v / 257), by hand: 128/257 = 0.498, 129/257 = 0.502,
+    # 32767/257 = 127.498, 32896/257 = 128, 65406/257 = 254.498, 65407/257 = 254.502, 1000/257 = 3.89.
+    expected = np.array([[0, 0, 1, 1, 127], [128, 254, 255, 255, 4]], dtype=np.uint8)
+    path = tmp_path / "gray16.png"
+    path.write_bytes(png_bytes(stored, 16, GRAY))
+    with Image.open(path) as image:  # why this matters: convert("RGB") clamps at 255
+        assert image.mode in ("I;16", "I")
+        assert np.asarray(image.convert("RGB"))[1, 0, 0] == 255
+    got = read_image(path)
+    assert got.shape == (2, 5, 3) and got.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(got[..., channel], expected)
+
+
+def test_read_image_floating_point_image_is_refused_naming_path(tmp_path):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.full((3, 4), 0.5, dtype=np.float32)).save(path)
+    assert Image.open(path).mode == "F"
+    with pytest.raises(ImageError, match=r"depth\.tif: a floating-point image \(mode 'F'\) cannot be a photo"):
+        read_image(path)
+
+
+def test_read_image_32_bit_integer_image_beyond_16_bits_is_refused(tmp_path):
+    path = tmp_path / "counts.tif"
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(path)
+    assert Image.open(path).mode == "I"
+    with pytest.raises(ImageError, match=r"counts\.tif: integer image with values outside 0\.\.65535"):
+        read_image(path)
 
 
 # --- to_network_input ---------------------------------------------------------------------------

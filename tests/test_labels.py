@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from png_bytes import GRAY, PALETTE, png_bytes
 from segbench.labels import LabelError, check_label_values, read_label_png, voc_palette, write_label_png
 
 
@@ -112,6 +113,49 @@ def test_one_bit_png_reads_as_indices_0_and_1(tmp_path):
     Image.fromarray(mask).save(path)  # Pillow writes a 1-bit grayscale PNG
     assert Image.open(path).mode == "1"
     np.testing.assert_array_equal(read_label_png(path), mask.astype(np.uint8))
+
+
+# Rows 5 and 3 samples wide, so that the last byte of each scanline is padded.
+LOW_BIT_ROWS = {
+    2: [[0, 1, 2, 3, 1], [3, 2, 1, 0, 0], [1, 1, 3, 3, 2]],
+    4: [[0, 1, 2, 15, 3], [14, 0, 7, 8, 15], [5, 6, 9, 10, 11]],
+}
+
+
+@pytest.mark.parametrize("bit_depth", [2, 4])
+def test_low_bit_grayscale_png_reads_as_stored_values(tmp_path, bit_depth):
+    rows = LOW_BIT_ROWS[bit_depth]
+    path = tmp_path / f"gray{bit_depth}.png"
+    path.write_bytes(png_bytes(rows, bit_depth, GRAY))
+    with Image.open(path) as image:  # why this matters: Pillow stretches the samples to 0..255
+        assert image.mode == "L"
+        assert np.asarray(image).max() == 255
+    got = read_label_png(path)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.array(rows))
+
+
+def test_four_bit_grayscale_1_and_15_are_not_read_as_17_and_void(tmp_path):
+    path = tmp_path / "gray4.png"
+    path.write_bytes(png_bytes([[0, 1, 2, 15]], 4, GRAY))
+    np.testing.assert_array_equal(read_label_png(path), [[0, 1, 2, 15]])
+
+
+@pytest.mark.parametrize("bit_depth", [2, 4])
+def test_low_bit_palette_png_reads_as_indices(tmp_path, bit_depth):
+    rows = LOW_BIT_ROWS[bit_depth]
+    palette = [(17 * i, 255 - 17 * i, 3 * i) for i in range(2 ** bit_depth)]
+    path = tmp_path / f"palette{bit_depth}.png"
+    path.write_bytes(png_bytes(rows, bit_depth, PALETTE, palette))
+    assert Image.open(path).mode == "P"
+    np.testing.assert_array_equal(read_label_png(path), np.array(rows))
+
+
+def test_eight_bit_grayscale_written_by_hand_reads_unchanged(tmp_path):
+    rows = [[0, 1, 17, 85], [254, 255, 3, 15]]
+    path = tmp_path / "gray8.png"
+    path.write_bytes(png_bytes(rows, 8, GRAY))
+    np.testing.assert_array_equal(read_label_png(path), np.array(rows))
 
 
 # --- value checks -------------------------------------------------------------------------------
