@@ -7,6 +7,7 @@ from pathlib import Path
 from segbench import SegbenchError
 from segbench import config as segbench_config
 from segbench.config import canonical
+from segbench.files import remove_stale_temp_files
 from segbench import plan as P
 from segbench.report import terminal_summary
 from snakemake.exceptions import WorkflowError
@@ -41,6 +42,10 @@ onstart:
             P.Plan.check_devices(config)
         except SegbenchError as error:
             raise WorkflowError(f"segbench: {error}") from None
+    # Temporary files of jobs killed while writing (segbench.files.atomic_path): never taken for
+    # outputs, but they hold space. Only those untouched for a minute: another run may be writing.
+    for _path in remove_stale_temp_files(["work", "results"]):
+        logger.info(f"segbench: removed {_path}, left by a job killed while writing it")
 
 
 DATA = config["dataset"]

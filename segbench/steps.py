@@ -7,8 +7,8 @@ import logging
 
 import numpy as np
 
-from . import images, labels, metrics
-from .files import read_batch, write_batch, write_json
+from . import SegbenchError, images, labels, metrics
+from .files import DamagedFileError, read_batch, write_batch, write_json
 
 log = logging.getLogger("segbench")
 
@@ -38,21 +38,50 @@ def decode_labels(image_ids, label_pngs, output, num_classes, ignore_label):
     log.info("decoded %d label maps", len(truths))
 
 
-def prepare_inputs(image_ids, image_paths, output, resize):
-    """Photos -> one batch file of network inputs: each RGB image and its original size."""
+def prepare_inputs(image_ids, image_paths, output, resize, exif_orientation="refuse"):
+    """Photos -> one batch file of network inputs: each RGB image and its original size.
+
+    `exif_orientation` is dataset.exif_orientation; 'refuse' is checked here again because jobs on a
+    cluster do not run the plan-time check."""
     rgbs, source_hws = [], []
     for path in image_paths:
-        rgb = images.read_image(path)
+        rgb = images.read_image(path, exif_orientation)
         source_hws.append(np.array(rgb.shape[:2], dtype=np.int64))
         rgbs.append(rgb if resize is None else images.resize_image(rgb, resize))
     write_batch(output, image_ids, image=rgbs, source_hw=source_hws)
     log.info("prepared %d network inputs (%s)", len(rgbs), "native size" if resize is None else resize)
 
 
-def predict(backend, rgb, source_hw, model):
+class ModelOutputError(SegbenchError):
+    pass
+
+
+def check_scores(scores, num_classes, model, image_id):
+    """Refuse class scores that cannot be scored against `num_classes` classes, or that are not numbers.
+
+    A model with other classes than the dataset would otherwise be scored without a word (more
+    than 256 channels would even wrap around in the uint8 label map), and a NaN score would
+    silently become a class.
+    """
+    if scores.shape[0] != num_classes:
+        raise ModelOutputError(
+            f"{model['prototxt']} ({model['weights']}): output blob {model['output_blob']!r} has "
+            f"{scores.shape[0]} channels (classes) but dataset.num_classes is {num_classes}; "
+            f"use a model trained for this dataset's classes, or correct dataset.num_classes")
+    # A sum is far cheaper than isfinite() over every score, and any NaN or infinity makes it
+    # non-finite; only then is every score looked at (a sum of huge finite scores can overflow).
+    if not np.isfinite(scores.sum(dtype=np.float32)) and not np.isfinite(scores).all():
+        bad = ~np.isfinite(scores)
+        raise ModelOutputError(
+            f"{image_id}: the model ({model['prototxt']}) gave {int(bad.sum())} NaN or infinite "
+            f"score(s) (output blob {model['output_blob']!r}); its weights or its input are broken")
+
+
+def predict(backend, rgb, source_hw, model, num_classes=None, image_id="image"):
     """Class labels at `source_hw` for one image, and the forward time in seconds."""
     blob = images.to_network_input(rgb, model["mean"], model["scale"], model["channel_order"])
     scores, seconds = backend.forward(blob)
+    check_scores(scores, scores.shape[0] if num_classes is None else num_classes, model, image_id)
     # Scores, not labels, are brought back to the image's own size (bilinear), then the argmax.
     scores = images.resize_scores(scores, source_hw)
     return _argmax_classes(scores), seconds
@@ -72,8 +101,15 @@ def _argmax_classes(scores):
 
 
 def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, backend, device, warmup,
-                  threads=None):
-    """Load the model once, then predict every image of the shard and time each forward pass."""
+                  threads=None, num_classes=None):
+    """Load the model once, then predict every image of the shard and time each forward pass.
+
+    Every backend is timed over the same span: a forward pass on a net already shaped for the
+    image. At each new input shape the net is re-shaped and one pass runs untimed (OpenCV
+    re-allocates its whole net inside that pass, Caffe touches its new buffers for the first
+    time); what that costs beyond a timed pass is recorded per image as `reshape_s`. Images are
+    taken in order of their input shape, so that a net is re-shaped once per shape and job.
+    """
     # Imported here, so that the jobs of the cheap steps, which import this module too, start faster.
     from . import provenance
     from .backends import load_backend
@@ -84,16 +120,30 @@ def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, b
     # Every input is read before the first pass, so that no pass waits for the disk.
     inputs = read_batch(input_batches, image_ids, "image", "source_hw")
     loaded = [(inputs[i][0], tuple(inputs[i][1])) for i in image_ids]
-    if loaded and warmup:
-        first = images.to_network_input(loaded[0][0], model["mean"], model["scale"], model["channel_order"])
+    order = sorted(range(len(image_ids)), key=lambda k: loaded[k][0].shape)
+    shaped_for = None
+    if order and warmup:
+        first = images.to_network_input(loaded[order[0]][0], model["mean"], model["scale"], model["channel_order"])
+        net.reshape(first.shape)
+        shaped_for = first.shape
         for _ in range(warmup):
-            net.forward(first)
-    records = []
-    for image_id, (image, source_hw), png in zip(image_ids, loaded, prediction_pngs, strict=True):
-        prediction, seconds = predict(net, image, source_hw, model)
+            scores, _ = net.forward(first)
+        check_scores(scores, num_classes or scores.shape[0], model, image_ids[order[0]])
+    records = [None] * len(image_ids)
+    for k in order:
+        image_id, (image, source_hw), png = image_ids[k], loaded[k], prediction_pngs[k]
+        shape = (1, 3, *image.shape[:2])
+        first_pass_s = None
+        if shape != shaped_for:
+            blob = images.to_network_input(image, model["mean"], model["scale"], model["channel_order"])
+            first_pass_s = net.reshape(shape) + net.forward(blob)[1]
+            shaped_for = shape
+        prediction, seconds = predict(net, image, source_hw, model, num_classes, image_id)
+        # What a new shape costs: re-shaping and the first pass at it, beyond a pass on a shaped net.
+        reshape_s = None if first_pass_s is None else first_pass_s - seconds
         labels.write_label_png(png, prediction)
-        records.append({"id": image_id, "forward_s": seconds,
-                        "input_height": int(image.shape[0]), "input_width": int(image.shape[1])})
+        records[k] = {"id": image_id, "forward_s": seconds, "reshape_s": reshape_s,
+                      "input_height": int(image.shape[0]), "input_width": int(image.shape[1])}
         log.info("%s: forward %.4f s", image_id, seconds)
     write_json(shard_out, {"provenance": {**net.provenance(), **provenance.machine(device)},
                            "model_load_s": net.load_seconds,
@@ -107,7 +157,12 @@ def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, 
     for image_id, pred_png, gt_png in zip(image_ids, prediction_pngs, label_pngs, strict=True):
         (truth,) = truths[image_id]
         _check_label_values(truth, num_classes, ignore_label, gt_png)
-        prediction = labels.read_label_png(pred_png)
+        try:
+            prediction = labels.read_label_png(pred_png)
+        except labels.LabelError as error:
+            # The inference step wrote it as a palette PNG: unreadable now means damaged since.
+            reason = error.__context__ or error
+            raise DamagedFileError(pred_png, f"a prediction that no longer reads as a PNG: {reason}") from None
         try:
             hist = metrics.confusion_matrix(truth, prediction, num_classes, ignore_label)
         except metrics.MetricError as error:

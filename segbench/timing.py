@@ -26,3 +26,15 @@ def forward_time_stats(seconds):
         "min_s": float(t.min()),
         "max_s": float(t.max()),
     }
+
+
+def reshape_stats(seconds):
+    """Statistics of what re-shaping the net for a new input shape cost, over the images that needed it.
+
+    Each value is the time of re-shaping plus the first (untimed) pass at the new shape, minus the
+    timed pass that followed: the cost of a new shape beyond a forward pass (it can come out
+    slightly negative when a shape costs nothing and the two passes differ by noise).
+    """
+    stats = forward_time_stats(seconds)
+    return {"reshapes": stats["images"],
+            **{f"reshape_{key}": stats[key] for key in ("total_s", "mean_s", "median_s", "p90_s", "max_s")}}

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from segbench.backends import BackendError, check_device, load_backend
-from segbench.backends.opencv_backend import cv2_has_cuda, import_cv2
+from segbench.backends.opencv_backend import cv2_has_cuda, dnn_cuda_targets, import_cv2
 from segbench.images import to_network_input
 from workflow_helpers import DEMO
 
@@ -33,10 +33,20 @@ def test_caffe_and_opencv_scores_agree(image_id):
 
 @pytest.mark.skipif(cv2_has_cuda(import_cv2()), reason="this OpenCV has CUDA")
 def test_opencv_refuses_a_gpu_it_does_not_have():
-    with pytest.raises(BackendError, match=r"gpu:0 asked for, but OpenCV .* has no CUDA support"):
+    cv2 = import_cv2()
+    # What the DNN module offers decides, not whether OpenCV's core has CUDA.
+    assert cv2.dnn.DNN_TARGET_CUDA not in dnn_cuda_targets(cv2)
+    with pytest.raises(BackendError, match=r"gpu:0 asked for, but the DNN module of OpenCV .* offers no CUDA "
+                                           r"target \(cv2.dnn.getAvailableTargets"):
         check_device("opencv", "gpu:0")
-    with pytest.raises(BackendError, match="no CUDA support"):
+    with pytest.raises(BackendError, match="offers no CUDA target"):
         load_backend("opencv", **MODEL, device="gpu:1")
+
+
+def test_opencv_provenance_names_the_dnn_backend_and_target_in_use():
+    prov = load_backend("opencv", **MODEL, threads=1).provenance()
+    assert (prov["dnn_backend"], prov["dnn_target"]) == ("DNN_BACKEND_OPENCV", "DNN_TARGET_CPU")
+    assert prov["backend_cuda"] is False
 
 
 def test_unknown_backend_and_bad_device():

@@ -2,10 +2,13 @@
 
 A backend class takes (prototxt, weights, device, input_blob, output_blob, threads) and
 offers `check_device(device)` (a static method that refuses a device the
-build cannot use, without touching the device), `forward(blob) -> (scores, seconds)`, where `blob` is a (1, 3, H, W)
-float32 array, `scores` are the (C, H, W) class scores (which may be
+build cannot use, without touching the device); `reshape(shape) -> seconds`, which shapes the
+net for (1, 3, H, W) inputs before a pass at a new shape; `forward(blob) -> (scores, seconds)`,
+where `blob` is a (1, 3, H, W) float32 array, `scores` are the (C, H, W) class scores (which may be
 the backend's own buffer, valid only until the next forward call) and `seconds` the time of
-the forward pass alone; `load_seconds`; and `provenance()`, a dict naming what
+the forward pass alone, never of re-shaping or re-allocating the net (run_inference runs the first
+pass at each new shape untimed and reports what it cost apart); `load_seconds`; and
+`provenance()`, a dict naming what
 ran (backend, version, module path, device, threads). Adding a backend is one
 module here, one entry in BACKENDS and one in the config schema's `backend` enum.
 """

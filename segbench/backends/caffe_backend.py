@@ -101,12 +101,17 @@ class CaffeBackend:
                                    f"(blobs: {', '.join(self.net.blobs)})")
         self.input_blob, self.output_blob = input_blob, output_blob
 
+    def reshape(self, shape):
+        """Shape the net for (1, 3, H, W) inputs (FCN style: each image at its own size); returns seconds."""
+        start = time.perf_counter()
+        self.net.blobs[self.input_blob].reshape(*shape)
+        self.net.reshape()
+        return time.perf_counter() - start
+
     def forward(self, blob):
         data = self.net.blobs[self.input_blob]
         if tuple(data.data.shape) != blob.shape:
-            # FCN style: the net takes each image at its own size.
-            data.reshape(*blob.shape)
-            self.net.reshape()
+            self.reshape(blob.shape)
         data.data[...] = blob
         start = time.perf_counter()
         self.net.forward()
