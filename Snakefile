@@ -57,6 +57,9 @@ rule all:
                 "results/comparison.csv",
                 "results/comparison.md",
                 *expand("results/{run}/plots/class_scores.png", run=RUNS),
+                # Predictions are results too: one deleted, or lost when a rerun of its shard failed,
+                # is made again even when the numbers computed from it are up to date.
+                *(P.prediction_png(run, i) for run in RUNS for i in PLAN.ids),
                 "results/plots/speed_accuracy.png",
             ]
         ),

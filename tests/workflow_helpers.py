@@ -45,6 +45,39 @@ def snakemake(workdir, *args, check=True, timeout=600):
     return result
 
 
+def snakemake_command(workdir, *args):
+    """The command line that snakemake() runs, for a process the test controls itself."""
+    return [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+
+
+def start_snakemake(workdir, *args):
+    """Start the real snakemake in the background, in a session of its own, so that a test can
+    kill its whole process tree (os.killpg(process.pid, signal.SIGKILL)); output goes to files."""
+    out = open(workdir.parent / f"{workdir.name}.snakemake.out", "w")
+    try:
+        return subprocess.Popen(snakemake_command(workdir, *args), cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    finally:
+        out.close()  # the child holds its own descriptor
+
+
+def planned_rules(workdir, *args):
+    """Snakemake's own dry run: {rule: how many jobs of it would run now} (one job per rule for the
+    per-batch and per-shard rules, whose names carry their index)."""
+    out = snakemake(workdir, "--dry-run", *args).stdout
+    if "Nothing to be done" in out:
+        return {}
+    counts = {}
+    for line in out.split("Job stats:", 1)[1].splitlines():
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not match:
+            continue
+        if match.group(1) == "total":
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
 STEP_OF_RULE = [("decode_labels_", "decode"), ("prepare_inputs_", "resize"), ("infer_", "inference"),
                 ("score_", "metrics"), ("aggregate", "aggregate"), ("compare", "compare"),
                 ("plot_run", "plots"), ("all", "all")]
