@@ -25,6 +25,8 @@ rule plot_run:
         truths=[PLAN.labels[i] for i in PLAN.ids],
         ids=PLAN.ids,
         worst_images=config["report"]["worst_images"],
+        exif_orientation=DATA["exif_orientation"],
+        ignore_label=DATA["ignore_label"],  # drawn as void in the gallery's ground truth  # the gallery shows photos as the network saw them
     wildcard_constraints:
         run="|".join(re.escape(r) for r in RUNS),
     localrule: True

@@ -13,7 +13,8 @@ def plot_run(sm):
     plots.accuracy_by_size(summary, rows, sm.output.accuracy_by_size)
     paths = {i: (photo, truth, prediction) for i, photo, truth, prediction
              in zip(sm.params.ids, sm.params.photos, sm.params.truths, sm.input.predictions)}
-    plots.worst_images(rows, paths, sm.params.worst_images, sm.output.worst_images)
+    plots.worst_images(rows, paths, sm.params.worst_images, sm.output.worst_images, sm.params.exif_orientation,
+                       sm.params.ignore_label)
 
 
 run_step(snakemake, plot_run)

@@ -10,9 +10,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
+from .images import read_image  # noqa: E402
 from .labels import read_label_png, voc_palette  # noqa: E402
 
 VOID_RGB = (255, 0, 255)  # void drawn in magenta, a colour no VOC class has
@@ -44,11 +44,16 @@ def class_scores(summary, out):
     ax.barh(y - 0.2, [c[1] for c in classes], height=0.4, label="IoU", color="tab:blue")
     ax.barh(y + 0.2, [c[2] if c[2] is not None else 0 for c in classes], height=0.4, label="accuracy",
             color="tab:orange")
-    ax.axvline(summary["mean_iou"], color="black", linestyle="--", label=f"mean IoU {summary['mean_iou']:.3f}")
+    if summary["mean_iou"] is not None:  # null when the ground truth is all void
+        ax.axvline(summary["mean_iou"], color="black", linestyle="--", label=f"mean IoU {summary['mean_iou']:.3f}")
+    else:
+        ax.text(0.5, 0.5, "no scored pixels: the ground truth is all void", ha="center", va="center",
+                transform=ax.transAxes)
     ax.set_yticks(y, names)
     ax.set_xlim(0, 1)
     ax.set_xlabel("score (dataset: summed confusion matrix)")
-    ax.legend(loc="lower right")
+    if classes or summary["mean_iou"] is not None:
+        ax.legend(loc="lower right")
     ax.set_title(f"{summary['provenance']['run']}: per-class IoU and accuracy")
     _save(fig, out)
 
@@ -97,24 +102,26 @@ def accuracy_by_size(summary, rows, out):
     _save(fig, out)
 
 
-def colourise(labels):
-    """Label indices as RGB in the VOC palette, void drawn in magenta."""
+def colourise(labels, void_label=None):
+    """Label indices as RGB in the VOC palette; `void_label` (the dataset's ignore label) drawn in magenta."""
     rgb = voc_palette()[labels]
-    rgb[labels == 255] = VOID_RGB
+    if void_label is not None:
+        rgb[labels == void_label] = VOID_RGB
     return rgb
 
 
-def worst_images(rows, paths, count, out):
+def worst_images(rows, paths, count, out, exif_orientation="refuse", ignore_label=255):
     """The `count` images with the lowest per-image mean IoU: photo, ground truth and prediction side by side.
 
-    `paths` maps an image id to (photo, ground-truth PNG, prediction PNG).
+    `paths` maps an image id to (photo, ground-truth PNG, prediction PNG). Photos are read as the
+    network got them (dataset.exif_orientation), so that they line up with their label maps.
     """
     ranked = sorted((r for r in rows if np.isfinite(r["mean_iou"])), key=lambda r: r["mean_iou"])[:count]
     fig, axes = plt.subplots(max(1, len(ranked)), 3, figsize=(9, 2.6 * max(1, len(ranked))), squeeze=False)
     for row_axes, row in zip(axes, ranked):
         photo, truth, prediction = paths[row["image_id"]]
-        panels = [np.asarray(Image.open(photo).convert("RGB")),
-                  colourise(read_label_png(truth)), colourise(read_label_png(prediction))]
+        panels = [read_image(photo, exif_orientation),
+                  colourise(read_label_png(truth), ignore_label), colourise(read_label_png(prediction))]
         titles = [f"{row['image_id']}: mean IoU {row['mean_iou']:.3f}", "ground truth (void: magenta)", "prediction"]
         for ax, panel, title, interpolation in zip(row_axes, panels, titles, ("antialiased", "nearest", "nearest")):
             # Label maps are drawn without smoothing, which would blend class colours at edges.
@@ -139,7 +146,11 @@ def runs_overview(summaries, out):
     left.barh(y, median, xerr=[low, high], color="tab:blue", capsize=4)
     left.set_yticks(y, names)
     left.set_xlabel("forward time per image (ms): median, p10-p90")
-    right.barh(y, [s["mean_iou"] for s in summaries], color="tab:green")
+    mean_iou = [s["mean_iou"] for s in summaries]
+    right.barh(y, [0 if v is None else v for v in mean_iou], color="tab:green")
+    for row, value in zip(y, mean_iou):
+        if value is None:  # the ground truth is all void: nothing was scored
+            right.text(0.01, row, "undefined (all void)", va="center", fontsize=8)
     right.set_xlim(0, 1)
     right.set_xlabel("mean IoU")
     fig.suptitle("speed and accuracy per run")

@@ -7,12 +7,12 @@ import numpy as np
 
 from . import metrics, provenance
 from .files import atomic_path, read_json, write_json
-from .timing import forward_time_stats
+from .timing import forward_time_stats, reshape_stats
 
 log = logging.getLogger("segbench")
 
 PER_IMAGE_COLUMNS = ["image_id", "height", "width", "valid_pixels", "void_pixels", "pixel_accuracy",
-                     "pixel_accuracy_void_as_error", "mean_iou", "forward_s"]
+                     "pixel_accuracy_void_as_error", "mean_iou", "forward_s", "reshape_s"]
 PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "accuracy", "gt_pixels", "pred_pixels"]
 
 
@@ -43,6 +43,8 @@ def summarize(image_records, shard_records, class_names):
     forward = [image["forward_s"] for shard in shard_records for image in shard["images"]]
     loads = [shard["model_load_s"] for shard in shard_records]
     timing = forward_time_stats(forward)
+    timing.update(reshape_stats([image["reshape_s"] for shard in shard_records for image in shard["images"]
+                                 if image.get("reshape_s") is not None]))
     timing.update({
         "warmup": shard_records[0]["warmup"] if shard_records else 0,
         "model_load_s": float(np.median(loads)) if loads else float("nan"),
@@ -79,6 +81,12 @@ def summarize(image_records, shard_records, class_names):
                     "pixel_accuracy_void_as_error counts them as wrong",
             "pred_pixels": "predicted pixels of each class among non-void pixels",
             "variance_s2": "population variance (ddof=0) of the per-image forward times",
+            "forward_s": "one forward pass on a net already shaped for the image, on every backend; "
+                         "warm-up passes and the first pass at each new input shape are not timed",
+            "reshape_s": "re-shaping the net for a new input shape plus the first pass at that shape, "
+                         "minus the timed pass that followed; only images that needed it (images are "
+                         "taken in order of input shape within each inference job, whose first shape is "
+                         "set during warm-up)",
         },
     }
 
@@ -88,7 +96,7 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
     images = [image for p in metric_jsons for image in read_json(p)["images"]]
     shards = [read_json(p) for p in shard_jsons]
     summary = summarize(images, shards, class_names)
-    forward_by_id = {i["id"]: i["forward_s"] for s in shards for i in s["images"]}
+    timing_by_id = {i["id"]: (i["forward_s"], _nan_if_none(i.get("reshape_s"))) for s in shards for i in s["images"]}
     backend = shards[0]["provenance"] if shards else {}
     summary["provenance"] = {
         "run": run_name,
@@ -111,7 +119,7 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
     _write_csv(per_image_out, PER_IMAGE_COLUMNS, (
         [r["id"], r["height"], r["width"], r["valid_pixels"], r["void_pixels"],
          _nan_if_none(r["pixel_accuracy"]), _nan_if_none(r["pixel_accuracy_void_as_error"]),
-         _nan_if_none(r["mean_iou"]), forward_by_id[r["id"]]] for r in images))
+         _nan_if_none(r["mean_iou"]), *timing_by_id[r["id"]]] for r in images))
     _write_csv(per_class_out, PER_CLASS_COLUMNS, (
         [c, name, _nan_if_none(summary["per_class"][name]["iou"]), _nan_if_none(summary["per_class"][name]["accuracy"]),
          summary["per_class"][name]["gt_pixels"], summary["per_class"][name]["pred_pixels"]]
@@ -132,6 +140,7 @@ COMPARISON_COLUMNS = [
     ("mean_accuracy", "mean acc."), ("mean_iou", "mean IoU"), ("fw_iou", "fwIoU"),
     ("mean_forward_s", "mean fwd (s)"), ("median_forward_s", "median fwd (s)"), ("p90_forward_s", "p90 fwd (s)"),
     ("model_load_s", "load (s)"), ("images_per_s", "images/s"),
+    ("reshapes", "reshapes"), ("reshape_mean_s", "mean reshape (s)"),
 ]
 
 
@@ -147,6 +156,7 @@ def comparison_row(summary):
         "model_load_s": timing["model_load_s"],
         # Forward passes only: the throughput the model allows, not the workflow's.
         "images_per_s": 1.0 / timing["mean_s"] if timing["mean_s"] else None,
+        "reshapes": timing.get("reshapes"), "reshape_mean_s": timing.get("reshape_mean_s"),
     }
 
 
@@ -181,8 +191,9 @@ def terminal_summary(comparison_csv):
                ("images_per_s", "images/s", float)]
     cells = [[title for _, title, _ in columns]]
     for row in rows:
-        cells.append([f"{convert(row[key]):.3f}" if convert is not str else row[key]
-                      if row[key] != "" else "-" for key, _, convert in columns])
+        # An empty cell is a value that is undefined (e.g. every ground-truth pixel is void).
+        cells.append(["-" if row[key] == "" else row[key] if convert is str else f"{convert(row[key]):.3f}"
+                      for key, _, convert in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

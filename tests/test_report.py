@@ -80,3 +80,17 @@ def test_report_renders_in_headless_chromium_with_images_loaded(copy_of_finished
         browser.close()
     assert len(shown) == len(RUNS) * len(PLOTS) + 1
     assert all(width and width >= 400 for width in shown.values()), shown
+
+
+def test_the_gallery_draws_the_datasets_own_ignore_label_as_void():
+    import numpy as np
+
+    from segbench.labels import voc_palette
+    from segbench.plots import VOID_RGB, colourise
+
+    labels = np.array([[0, 7, 255]], dtype=np.uint8)
+    palette = voc_palette()
+    # ignore_label 7: class 7's colour gives way to magenta, and 255 is an ordinary index.
+    assert colourise(labels, 7).tolist() == [[palette[0].tolist(), list(VOID_RGB), palette[255].tolist()]]
+    assert colourise(labels, 255).tolist() == [[palette[0].tolist(), palette[7].tolist(), list(VOID_RGB)]]
+    assert colourise(labels).tolist() == [palette[labels[0]].tolist()]  # predictions: never void

@@ -7,11 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from segbench.backends.caffe_backend import import_caffe
-from workflow_helpers import (batch_files, decoded_labels, leftovers, make_workdir, planned_jobs, read_config,
+from workflow_helpers import (REPO, batch_files, decoded_labels, leftovers, make_workdir, planned_jobs, read_config,
                               snakemake, write_config)
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_output_contract(finished):
 
         rows = read_csv(out / "per_image.csv")
         assert list(rows[0]) == ["image_id", "height", "width", "valid_pixels", "void_pixels", "pixel_accuracy",
-                                 "pixel_accuracy_void_as_error", "mean_iou", "forward_s"]
+                                 "pixel_accuracy_void_as_error", "mean_iou", "forward_s", "reshape_s"]
         assert [r["image_id"] for r in rows] == IDS
         classes = read_csv(out / "per_class.csv")
         assert list(classes[0]) == ["class_id", "class_name", "iou", "accuracy", "gt_pixels", "pred_pixels"]
@@ -190,7 +191,7 @@ def test_comparison_has_one_row_per_run(finished):
     assert list(rows[0]) == ["run", "model", "backend", "backend_version", "device", "threads", "images",
                              "pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou",
                              "fw_iou", "mean_forward_s", "median_forward_s", "p90_forward_s", "model_load_s",
-                             "images_per_s"]
+                             "images_per_s", "reshapes", "reshape_mean_s"]
     for row in rows:
         summary = json.loads((finished / "results" / row["run"] / "summary.json").read_text())
         assert float(row["mean_iou"]) == pytest.approx(summary["mean_iou"], abs=1e-12)
@@ -212,3 +213,95 @@ def test_adding_a_run_computes_only_that_run_and_the_comparison(copy_of_finished
     write_config(copy_of_finished, config)
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
         "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0}
+
+
+def reordered(value):
+    """The same settings with the keys of every mapping in reverse order."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    return value
+
+
+def test_rewriting_the_config_in_another_key_order_reruns_nothing(copy_of_finished):
+    config = read_config(copy_of_finished)
+    for rewrite in (lambda c: yaml.safe_dump(c, sort_keys=True), lambda c: yaml.safe_dump(reordered(c), sort_keys=False)):
+        (copy_of_finished / "config.yaml").write_text(rewrite(config))
+        assert sum(planned_jobs(copy_of_finished).values()) == 0
+    # A changed value still reruns what it determines.
+    config["models"]["fcn-tiny"]["scale"] = 0.5
+    (copy_of_finished / "config.yaml").write_text(yaml.safe_dump(reordered(config), sort_keys=False))
+    assert planned_jobs(copy_of_finished)["inference"] == 3 * len(RUNS)
+
+
+def test_a_config_file_on_the_command_line_replaces_config_yaml(copy_of_finished):
+    config = read_config(copy_of_finished)
+    config["runs"] = {"only-this-run": dict(config["runs"]["fcn-tiny-opencv-cpu"], resize=[128, 128])}
+    (copy_of_finished / "my.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(copy_of_finished, "--configfile", "my.yaml")
+    out = result.stdout + result.stderr
+    assert "extended by additional config" not in out
+    for run in RUNS:  # config.yaml's runs are neither run nor listed
+        assert f"infer_{run}_" not in out and f"  {run}  " not in out
+    assert "only-this-run" in out
+    assert [r["run"] for r in read_csv(copy_of_finished / "results" / "comparison.csv")] == ["only-this-run"]
+    # Without --configfile, config.yaml is back and its runs are up to date.
+    assert sum(planned_jobs(copy_of_finished).values()) > 0  # the comparison lists its three runs again
+    assert planned_jobs(copy_of_finished)["inference"] == 0
+
+
+def job_spans(workdir):
+    """{log file: (start, end)} of every job, from the first and the last line of its log."""
+    from datetime import datetime
+
+    spans = {}
+    for log in (workdir / "logs").rglob("*.log"):
+        lines = [line for line in log.read_text().splitlines() if line[:4].isdigit()]
+        stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in (lines[0], lines[-1])]
+        assert "started rule" in lines[0] and "done in" in lines[-1], log
+        spans[log.relative_to(workdir / "logs")] = tuple(stamps)
+    return spans
+
+
+def test_no_other_job_runs_beside_an_inference_job(tmp_path):
+    workdir = make_workdir(tmp_path / "wd", limit=8, batch_size=2, shard_size=4)
+    config = read_config(workdir)
+    for run in config["runs"].values():
+        run["threads"] = 1  # one core each: without exclusivity, 4 cores leave room for 3 more jobs
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "4")
+    spans = job_spans(workdir)
+    inference = {log: span for log, span in spans.items() if log.parts[1:2] == ("inference",)}
+    assert len(inference) == 2 * len(RUNS) and len(spans) > 3 * len(inference)
+    for log, (start, end) in inference.items():
+        beside = [other for other, (s, e) in spans.items() if other != log and s < end and e > start]
+        assert not beside, f"{log} ran beside {beside}"
+    summary = json.loads((workdir / "results" / RUNS[0] / "summary.json").read_text())
+    assert summary["provenance"]["threads"] == 1
+
+
+def test_the_readmes_voc2012_command_runs_only_the_voc2012_runs(tmp_path):
+    """`snakemake --configfile config/voc2012-fcn8s.yaml` (make voc2012) in a checkout whose config.yaml
+    holds the demo's runs: with the downloads in place (the demo's files standing in for them),
+    only FCN-8s is scored, and on VOC's split only."""
+    from segbench.download import UNPACKED_MARKER
+
+    workdir = make_workdir(tmp_path / "wd")
+    ids = IDS[:4]
+    for name in ("downloads/VOCtrainval_11-May-2012.tar", "downloads/seg11valid.txt"):
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_bytes(b"stand-in")
+    voc = workdir / "data" / "VOC2012"
+    shutil.copytree(workdir / "VOC", voc)
+    (voc / "ImageSets" / "Segmentation" / "seg11valid.txt").write_text("\n".join(ids) + "\n")
+    (voc / UNPACKED_MARKER).write_text("")  # written after its archive, as the unpack rule does
+    (workdir / "models" / "voc-fcn8s").mkdir(parents=True)
+    shutil.copy(workdir / "model" / "deploy.prototxt", workdir / "models" / "voc-fcn8s" / "deploy.prototxt")
+    shutil.copy(workdir / "model" / "fcn-tiny.caffemodel",
+                workdir / "models" / "voc-fcn8s" / "fcn8s-heavy-pascal.caffemodel")
+    configfile = str(REPO / "config" / "voc2012-fcn8s.yaml")
+    out = snakemake(workdir, "--configfile", configfile).stdout
+    assert "fcn-tiny" not in out
+    assert sorted(p.name for p in (workdir / "results").iterdir() if p.is_dir()) == ["fcn8s-caffe-cpu", "plots"]
+    summary = json.loads((workdir / "results" / "fcn8s-caffe-cpu" / "summary.json").read_text())
+    assert summary["images"] == len(ids)
+    assert [r["run"] for r in read_csv(workdir / "results" / "comparison.csv")] == ["fcn8s-caffe-cpu"]
