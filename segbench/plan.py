@@ -4,6 +4,7 @@ The Snakefile and the step functions both use these names, so a path is
 spelled in one place.
 """
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +34,16 @@ def input_batch(key, batch):
 
 def prediction_png(run, image_id):
     return f"{RESULTS}/{run}/predictions/{image_id}.png"
+
+
+def missing_predictions(runs, ids):
+    """The prediction PNGs of `runs` x `ids` that are not there (one directory listing per run)."""
+    missing = []
+    for run in runs:
+        folder = Path(prediction_png(run, "x")).parent
+        present = {entry.name for entry in os.scandir(folder)} if folder.is_dir() else set()
+        missing += [prediction_png(run, i) for i in ids if f"{i}.png" not in present]
+    return missing
 
 
 def shard_json(run, shard):
