@@ -1,5 +1,6 @@
 """The pycaffe that `make setup` builds: large weight files, and the GPU guard of a CPU-only build."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -7,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from segbench import cuda
 from segbench.backends import BackendError, load_backend
 from segbench.backends.caffe_backend import caffe_is_cpu_only, import_caffe
 
@@ -51,18 +53,25 @@ def test_loads_weights_over_512_mib(tmp_path):
     assert values == pytest.approx([4.096, 4.096 + 12345, 4.096 + 32999], rel=1e-5)
 
 
-def test_build_is_cpu_only():
+NO_GPU = cuda.gpu_count()[0] == 0
+
+
+@pytest.mark.skipif(not NO_GPU or os.environ.get("SEGBENCH_CAFFE") == "cuda",
+                    reason="a GPU is here, or a CUDA build was asked for")
+def test_build_on_a_machine_without_a_gpu_is_cpu_only():
     assert caffe_is_cpu_only(caffe)
 
 
+@pytest.mark.skipif(not NO_GPU, reason="a GPU is here")
 def test_gpu_device_is_refused_before_any_gpu_call(tmp_path):
-    # On a CPU-only Caffe a GPU call aborts the process; the backend must refuse first,
-    # in this very process (if it aborted, the test run itself would die).
+    # A GPU call aborts the process on a CPU-only Caffe, and on a CUDA build with no GPU; the
+    # backend must refuse first, in this very process (if it aborted, the test run itself would die).
     prototxt = tmp_path / "tiny.prototxt"
     prototxt.write_text(BIG_NET.replace("4096", "3").replace("33000", "2"))
     weights = tmp_path / "tiny.caffemodel"
     caffe.Net(str(prototxt), caffe.TEST).save(str(weights))
-    with pytest.raises(BackendError, match=r"gpu:0.*CPU-only"):
+    why = r"gpu:0.*CPU-only" if caffe_is_cpu_only(caffe) else r"gpu:0 asked for, but .*built with CUDA, and would abort"
+    with pytest.raises(BackendError, match=why):
         load_backend("caffe", prototxt=str(prototxt), weights=str(weights), device="gpu:0")
 
 

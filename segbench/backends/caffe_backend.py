@@ -12,6 +12,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from .. import cuda
 from . import BackendError, check_model_files, parse_device
 
 # The string behind Caffe's NO_GPU check exists only in CPU-only builds.
@@ -65,13 +66,14 @@ class CaffeBackend:
 
     @staticmethod
     def check_device(device):
-        kind, _ = parse_device(device)
+        kind, index = parse_device(device)
         if kind == "gpu":
             caffe = import_caffe()
-            if caffe_is_cpu_only(caffe):
-                raise BackendError(
-                    f"device {device} asked for, but the Caffe at {Path(caffe.__file__).parent} was "
-                    f"built CPU-only; use device: cpu, or point segbench at a Caffe built with CUDA")
+            cpu_only = caffe_is_cpu_only(caffe)
+            gpus, reason = (0, None) if cpu_only else cuda.gpu_count()
+            refusal = cuda.refuse_unusable_gpu(device, index, cpu_only, gpus, reason, Path(caffe.__file__).parent)
+            if refusal:
+                raise BackendError(refusal)
         return kind
 
     def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None):
@@ -83,7 +85,10 @@ class CaffeBackend:
             # so the limit is set through threadpoolctl, which reaches the loaded library.
             threadpool_limits(limits=int(threads), user_api="blas")
         self.threads = threads
+        self.gpu_memory_before_mb = None
         if kind == "gpu":
+            # Mode and device before the net is built: its buffers go where the mode says.
+            self.gpu_memory_before_mb = cuda.memory_used_mb(parse_device(device)[1])
             caffe.set_mode_gpu()
             caffe.set_device(parse_device(device)[1])
         else:
@@ -132,7 +137,17 @@ class CaffeBackend:
             "backend_cpu_only": caffe_is_cpu_only(self.caffe),
             "device": self.device,
             "threads": self.threads or _caffe_blas_threads(),
+            **self._gpu_memory(),
         }
+
+    def _gpu_memory(self):
+        """GPU memory the job took: Caffe keeps every buffer it allocated until the net is freed, so
+        what is in use after the passes, less what was before the model was loaded, is its peak
+        (as nvidia-smi counts it, CUDA context included; other processes' use would count too)."""
+        if self.gpu_memory_before_mb is None:
+            return {}
+        now = cuda.memory_used_mb(parse_device(self.device)[1])
+        return {"gpu_memory_peak_mb": None if now is None else now - self.gpu_memory_before_mb}
 
 
 def _caffe_blas_threads():
