@@ -9,10 +9,12 @@ rule aggregate:
         shards=lambda w: [P.shard_json(w.run, s) for s in range(len(PLAN.shards))],
         prototxt=lambda w: config["models"][config["runs"][w.run]["model"]]["prototxt"],
         weights=lambda w: config["models"][config["runs"][w.run]["model"]]["weights"],
+        trained_on=lambda w: training_lists(config["models"][config["runs"][w.run]["model"]].get("trained_on")),
     output:
         summary="results/{run}/summary.json",
         per_image="results/{run}/per_image.csv",
         per_class="results/{run}/per_class.csv",
+        overlap_ids="results/{run}/training_overlap.txt",
     params:
         run=lambda w: canonical(config["runs"][w.run]),
         model=lambda w: canonical(config["models"][config["runs"][w.run]["model"]]),

@@ -8,6 +8,7 @@ from segbench import SegbenchError
 from segbench import config as segbench_config
 from segbench.config import canonical
 from segbench.files import remove_stale_temp_files
+from segbench.overlap import training_lists
 from segbench import plan as P
 from segbench.report import terminal_summary
 from snakemake.exceptions import WorkflowError
@@ -58,6 +59,12 @@ def gt_pngs(ids):
 
 def run_log(step, run, index):
     return f"logs/{run}/{step}/{index:04d}.log"
+
+
+def inference_settings(model):
+    """A model's settings that determine its predictions: what an inference job's params hold, so
+    that naming the model's training set (trained_on) reruns aggregation only."""
+    return {key: value for key, value in model.items() if key != "trained_on"}
 
 
 def run_config(run):

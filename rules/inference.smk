@@ -29,7 +29,7 @@ for _run in RUNS:
                 shard=P.shard_json(_run, _s),
             params:
                 ids=_ids,
-                model=canonical(_model),
+                model=canonical(inference_settings(_model)),
                 backend=_spec["backend"],
                 device=_spec["device"],
                 resize=_spec["resize"],

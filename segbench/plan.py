@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from . import dataset
+from . import dataset, overlap
 from .backends import BackendError, check_device
 from .config import ConfigError
 
@@ -94,6 +94,7 @@ class Plan:
             missing = [f"models.{name}.{key}: {config['models'][name][key]}"
                        for name in sorted(used_models) for key in ("prototxt", "weights")
                        if not Path(config["models"][name][key]).is_file()]
+            missing += overlap.check_lists(config)
             if missing:
                 raise ConfigError("model file(s) not found:\n" + "\n".join(f"  {m}" for m in missing))
         keys = {resize_key(run["resize"]): run["resize"] for run in config["runs"].values()}
@@ -111,7 +112,7 @@ def fetch_targets(config):
         needed += [spec["archive"], *spec["add"].values()]
     for run in config["runs"].values():
         model = config["models"][run["model"]]
-        needed += [model["prototxt"], model["weights"]]
+        needed += [model["prototxt"], model["weights"], *overlap.training_lists(model.get("trained_on"))]
     targets = [f"{dest}/{UNPACKED_MARKER}" for dest in config["unpack"]]
     return targets + sorted({path for path in needed if path in downloads})
 

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from . import metrics, provenance
+from . import metrics, overlap, provenance
 from .files import atomic_path, read_json, write_json
 from .timing import forward_time_stats, reshape_stats
 
@@ -92,7 +92,7 @@ def summarize(image_records, shard_records, class_names):
 
 
 def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons, shard_jsons,
-                  summary_out, per_image_out, per_class_out, run_config=None):
+                  summary_out, per_image_out, per_class_out, run_config=None, overlap_ids_out=None):
     images = [image for p in metric_jsons for image in read_json(p)["images"]]
     shards = [read_json(p) for p in shard_jsons]
     summary = summarize(images, shards, class_names)
@@ -115,6 +115,12 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
         },
         **provenance.segbench_source(),
     }
+    lists = overlap.training_lists(model.get("trained_on"))
+    summary["overlap"] = training_overlap(images, class_names, lists) if lists else None
+    if overlap_ids_out:
+        with atomic_path(overlap_ids_out) as tmp:
+            tmp.write_text("".join(f"{i}\n" for i in summary["overlap"]["ids"]) if lists else
+                           f"# model {run['model']} names no training set (models.{run['model']}.trained_on)\n")
     write_json(summary_out, summary)
     _write_csv(per_image_out, PER_IMAGE_COLUMNS, (
         [r["id"], r["height"], r["width"], r["valid_pixels"], r["void_pixels"],
@@ -127,6 +133,24 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
     log.info("%s: %d images, pixel accuracy %.4f, mean IoU %.4f", run_name, summary["images"],
              summary["pixel_accuracy"], summary["mean_iou"])
     return summary
+
+
+DATASET_METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou")
+
+
+def training_overlap(image_records, class_names, lists):
+    """Which evaluated images are in the model's training lists, and every dataset metric without them."""
+    trained = overlap.read_training_ids(lists)
+    outside = [r for r in image_records if r["id"] not in trained]
+    without = summarize(outside, [], class_names)
+    return {
+        "training_lists": lists,
+        "training_ids_listed": len(trained),
+        "images": len(image_records) - len(outside),
+        "images_outside": len(outside),
+        "ids": [r["id"] for r in image_records if r["id"] in trained],
+        "metrics_without_training_images": {key: without[key] for key in DATASET_METRICS if key in without},
+    }
 
 
 def _nan_if_none(value):

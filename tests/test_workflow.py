@@ -287,9 +287,13 @@ def test_the_readmes_voc2012_command_runs_only_the_voc2012_runs(tmp_path):
 
     workdir = make_workdir(tmp_path / "wd")
     ids = IDS[:4]
-    for name in ("downloads/VOCtrainval_11-May-2012.tar", "downloads/seg11valid.txt"):
+    for name in ("downloads/VOCtrainval_11-May-2012.tar", "downloads/seg11valid.txt", "downloads/benchmark.tgz"):
         (workdir / name).parent.mkdir(parents=True, exist_ok=True)
         (workdir / name).write_bytes(b"stand-in")
+    sbd = workdir / "data" / "SBD"
+    sbd.mkdir(parents=True)
+    (sbd / "train.txt").write_text("2008_000002\ndemo_002\n")  # SBD train's ids, standing in
+    (sbd / UNPACKED_MARKER).write_text("")
     voc = workdir / "data" / "VOC2012"
     shutil.copytree(workdir / "VOC", voc)
     (voc / "ImageSets" / "Segmentation" / "seg11valid.txt").write_text("\n".join(ids) + "\n")
@@ -304,4 +308,5 @@ def test_the_readmes_voc2012_command_runs_only_the_voc2012_runs(tmp_path):
     assert sorted(p.name for p in (workdir / "results").iterdir() if p.is_dir()) == ["fcn8s-caffe-cpu", "plots"]
     summary = json.loads((workdir / "results" / "fcn8s-caffe-cpu" / "summary.json").read_text())
     assert summary["images"] == len(ids)
+    assert summary["overlap"]["ids"] == ["demo_002"]  # the model's training set, named by the config
     assert [r["run"] for r in read_csv(workdir / "results" / "comparison.csv")] == ["fcn8s-caffe-cpu"]
