@@ -71,7 +71,7 @@ def run_config(run):
     """The settings that determine a run's numbers (recorded, with their hash, in its provenance)."""
     spec = config["runs"][run]
     return {"dataset": DATA, "run": spec, "model": config["models"][spec["model"]],
-            "inference": config["inference"]}
+            "inference": config["inference"], "metrics": config["metrics"]}
 
 
 def inference_job_threads(run_spec):

@@ -1,5 +1,5 @@
-# Per-image metrics: the confusion matrix of each image (ignore label excluded)
-# and its per-image values, one job and one JSON file per run and batch.
+# Per-image metrics: the confusion matrix of each image (ignore label excluded), its boundary
+# counts (Boundary IoU, BF score) and its per-image values, one job and one JSON file per run and batch.
 
 for _run in RUNS:
     for _b, _ids in enumerate(PLAN.batches):
@@ -17,6 +17,10 @@ for _run in RUNS:
                 label_pngs=gt_pngs(_ids),
                 num_classes=DATA["num_classes"],
                 ignore_label=DATA["ignore_label"],
+                # Boundary IoU's band width and the BF score's distance tolerance: a change reruns
+                # the per-image metrics and what follows, nothing before.
+                boundary_iou_dilation=canonical(config["metrics"]["boundary_iou_dilation"]),
+                bf_tolerance=canonical(config["metrics"]["bf_tolerance"]),
             localrule: True
             conda:
                 "../envs/steps.yaml"

@@ -12,6 +12,8 @@ rule plot_run:
     output:
         class_scores=report("results/{run}/plots/class_scores.png", category="{run}",
                             caption=f"{REPORT_DIR}/class_scores.rst"),
+        boundary_scores=report("results/{run}/plots/boundary_scores.png", category="{run}",
+                               caption=f"{REPORT_DIR}/boundary_scores.rst"),
         confusion=report("results/{run}/plots/confusion.png", category="{run}",
                          caption=f"{REPORT_DIR}/confusion.rst"),
         forward_times=report("results/{run}/plots/forward_times.png", category="{run}",

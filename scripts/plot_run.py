@@ -8,6 +8,7 @@ def plot_run(sm):
     summary = read_json(sm.input.summary)
     rows = plots.read_per_image(sm.input.per_image)
     plots.class_scores(summary, sm.output.class_scores)
+    plots.boundary_scores(summary, sm.output.boundary_scores)
     plots.confusion(summary, sm.output.confusion)
     plots.forward_times(summary, rows, sm.output.forward_times)
     plots.accuracy_by_size(summary, rows, sm.output.accuracy_by_size)

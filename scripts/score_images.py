@@ -4,4 +4,5 @@ from segbench.steps import score_images
 
 run_step(snakemake, lambda sm: score_images(
     sm.params.ids, [sm.input.labels], list(sm.input.predictions), sm.params.label_pngs,
-    sm.output[0], sm.params.num_classes, sm.params.ignore_label))
+    sm.output[0], sm.params.num_classes, sm.params.ignore_label,
+    dict(sm.params.boundary_iou_dilation), dict(sm.params.bf_tolerance)))

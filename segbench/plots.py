@@ -58,6 +58,34 @@ def class_scores(summary, out):
     _save(fig, out)
 
 
+def boundary_scores(summary, out):
+    """Per-class IoU beside Boundary IoU and the BF score, sorted by IoU, with the means marked: where a
+    class's boundary scores fall well below its IoU, its regions are found but their outlines are not."""
+    keys = (("iou", "IoU", "tab:blue"), ("boundary_iou", "Boundary IoU", "tab:green"),
+            ("bf_score", "BF score", "tab:red"))
+    classes = [(name, v) for name, v in summary["per_class"].items() if any(v[k] is not None for k, _, _ in keys)]
+    classes.sort(key=lambda c: -1 if c[1]["iou"] is None else c[1]["iou"])
+    y = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(classes) + 1.5))
+    for offset, (key, label, colour) in zip((-0.27, 0, 0.27), keys):
+        ax.barh(y + offset, [0 if v[key] is None else v[key] for _, v in classes], height=0.27, label=label,
+                color=colour)
+    for key, label, style in (("mean_iou", "mean IoU", "--"), ("boundary_iou", "Boundary IoU", ":"),
+                              ("mean_bf_score", "mean BF", "-.")):
+        if summary.get(key) is not None:
+            ax.axvline(summary[key], color="black", linestyle=style, label=f"{label} {summary[key]:.3f}")
+    if summary.get("mean_iou") is None and summary.get("boundary_iou") is None:
+        ax.text(0.5, 0.5, "no scored pixels: the ground truth is all void", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_yticks(y, [name for name, _ in classes])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score (IoU, Boundary IoU: summed over images; BF: mean over images)")
+    if classes or summary.get("mean_iou") is not None:
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{summary['provenance']['run']}: per-class IoU, Boundary IoU and BF score")
+    _save(fig, out)
+
+
 def confusion(summary, out):
     """The confusion matrix normalised by ground-truth class (rows sum to 1)."""
     hist = np.asarray(summary["confusion_matrix"], dtype=float)
@@ -122,7 +150,9 @@ def worst_images(rows, paths, count, out, exif_orientation="refuse", ignore_labe
         photo, truth, prediction = paths[row["image_id"]]
         panels = [read_image(photo, exif_orientation),
                   colourise(read_label_png(truth), ignore_label), colourise(read_label_png(prediction))]
-        titles = [f"{row['image_id']}: mean IoU {row['mean_iou']:.3f}", "ground truth (void: magenta)", "prediction"]
+        bf = f"{row['bf_score']:.3f}" if np.isfinite(row.get("bf_score", np.nan)) else "-"
+        titles = [f"{row['image_id']}: mean IoU {row['mean_iou']:.3f}, BF {bf}", "ground truth (void: magenta)",
+                  "prediction"]
         for ax, panel, title, interpolation in zip(row_axes, panels, titles, ("antialiased", "nearest", "nearest")):
             # Label maps are drawn without smoothing, which would blend class colours at edges.
             ax.imshow(panel, interpolation=interpolation)

@@ -12,8 +12,9 @@ from .timing import forward_time_stats, reshape_stats
 log = logging.getLogger("segbench")
 
 PER_IMAGE_COLUMNS = ["image_id", "height", "width", "valid_pixels", "void_pixels", "pixel_accuracy",
-                     "pixel_accuracy_void_as_error", "mean_iou", "forward_s", "reshape_s"]
-PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "accuracy", "gt_pixels", "pred_pixels"]
+                     "pixel_accuracy_void_as_error", "mean_iou", "boundary_iou", "bf_score", "forward_s", "reshape_s"]
+PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "accuracy", "boundary_iou", "bf_score", "gt_pixels",
+                     "pred_pixels"]
 
 
 def _finite_or_none(value):
@@ -31,8 +32,10 @@ def _write_csv(path, columns, rows):
                 writer.writerow(["" if isinstance(v, float) and not np.isfinite(v) else v for v in row])
 
 
-def summarize(image_records, shard_records, class_names):
-    """The summary dict of a run from its per-image metric records and its inference shard records."""
+def summarize(image_records, shard_records, class_names, metric_settings=None):
+    """The summary dict of a run from its per-image metric records and its inference shard records.
+
+    `metric_settings` (config metrics: the boundary metrics' tolerances) is recorded as it is."""
     num_classes = len(class_names)
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     void = 0
@@ -40,6 +43,7 @@ def summarize(image_records, shard_records, class_names):
         hist += np.asarray(record["confusion"], dtype=np.int64)
         void += record["void_pixels"]
     dataset = metrics.scores(hist, void_pixels=void)
+    boundary = metrics.dataset_boundary_scores([r["boundary_counts"] for r in image_records], num_classes)
     forward = [image["forward_s"] for shard in shard_records for image in shard["images"]]
     loads = [shard["model_load_s"] for shard in shard_records]
     timing = forward_time_stats(forward)
@@ -62,15 +66,20 @@ def summarize(image_records, shard_records, class_names):
         "mean_accuracy": dataset["mean_accuracy"],
         "mean_iou": dataset["mean_iou"],
         "fw_iou": dataset["fw_iou"],
+        "boundary_iou": boundary["boundary_iou"],
+        "mean_bf_score": boundary["mean_bf_score"],
         "per_class": {
             name: {"iou": _finite_or_none(dataset["class_iou"][c]),
                    "accuracy": _finite_or_none(dataset["class_accuracy"][c]),
+                   "boundary_iou": _finite_or_none(boundary["class_boundary_iou"][c]),
+                   "bf_score": _finite_or_none(boundary["class_bf_score"][c]),
                    "gt_pixels": int(dataset["gt_pixels"][c]), "pred_pixels": int(dataset["pred_pixels"][c])}
             for c, name in enumerate(class_names)
         },
         "confusion_matrix": hist.tolist(),
-        "per_image_means": {key: per_image_mean(key)
-                            for key in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_iou")},
+        "per_image_means": {key: per_image_mean(key) for key in ("pixel_accuracy", "pixel_accuracy_void_as_error",
+                                                                  "mean_iou", "boundary_iou", "bf_score")},
+        "metric_settings": metric_settings,
         "timing": timing,
         "conventions": {
             "dataset_metrics": "computed from the confusion matrix summed over all images",
@@ -80,6 +89,28 @@ def summarize(image_records, shard_records, class_names):
             "void": "pixels with the ignore label are excluded from the confusion matrix; "
                     "pixel_accuracy_void_as_error counts them as wrong",
             "pred_pixels": "predicted pixels of each class among non-void pixels",
+            "boundary_iou": "Boundary IoU (Cheng et al. 2021) of class c, with G = (truth == c) and "
+                            "P = (prediction == c): the band B(M) of a mask is M minus its erosion by d "
+                            "iterations of a 3x3 square (outside the image counts as outside M), d from "
+                            "metric_settings.boundary_iou_dilation (a fraction F of the diagonal gives "
+                            "d = max(1, round(F x diagonal)) per image, rounded half to even); "
+                            "per class |B(G) & B(P)| / |B(G) | B(P)| with both counts summed over all images, null "
+                            "when the union is 0; boundary_iou is the mean over classes where defined; per image, "
+                            "the mean over that image's classes where defined",
+            "bf_score": "BF score (Csurka et al. 2013; MATLAB bfscore) of one image and class: the boundary of a "
+                        "mask is its pixels with a 4-neighbour outside it (outside the image counts as outside); "
+                        "precision = share of predicted boundary pixels within Euclidean distance theta "
+                        "(inclusive) of a ground-truth boundary pixel, recall = the reverse, BF = 2PR/(P+R): 0 when "
+                        "P+R = 0 but one side has a boundary, null when neither has; theta from "
+                        "metric_settings.bf_tolerance. Per class: the mean over the images where it is defined; "
+                        "mean_bf_score: the mean over images of each image's mean over its defined classes "
+                        "(MATLAB's MeanBFScore); per image: that image's mean",
+            "boundary_void": "ground-truth void pixels are neither boundary nor scored: they are removed from "
+                             "both sides' bands and boundaries (predicted boundary pixels in void are left out), "
+                             "and a ground-truth mask ends where void begins. On VOC, whose void band covers the "
+                             "object contours, the ground-truth boundaries scored run just inside and outside "
+                             "that band, and a predicted outline that lies inside the band is not scored there: "
+                             "a perfect outline scores below 1, the BF score far below",
             "variance_s2": "population variance (ddof=0) of the per-image forward times",
             "forward_s": "one forward pass on a net already shaped for the image, on every backend; "
                          "warm-up passes and the first pass at each new input shape are not timed",
@@ -93,9 +124,10 @@ def summarize(image_records, shard_records, class_names):
 
 def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons, shard_jsons,
                   summary_out, per_image_out, per_class_out, run_config=None, overlap_ids_out=None):
-    images = [image for p in metric_jsons for image in read_json(p)["images"]]
+    batches = [read_json(p) for p in metric_jsons]
+    images = [image for batch in batches for image in batch["images"]]
     shards = [read_json(p) for p in shard_jsons]
-    summary = summarize(images, shards, class_names)
+    summary = summarize(images, shards, class_names, batches[0].get("settings") if batches else None)
     timing_by_id = {i["id"]: (i["forward_s"], _nan_if_none(i.get("reshape_s"))) for s in shards for i in s["images"]}
     backend = shards[0]["provenance"] if shards else {}
     summary["provenance"] = {
@@ -125,17 +157,20 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
     _write_csv(per_image_out, PER_IMAGE_COLUMNS, (
         [r["id"], r["height"], r["width"], r["valid_pixels"], r["void_pixels"],
          _nan_if_none(r["pixel_accuracy"]), _nan_if_none(r["pixel_accuracy_void_as_error"]),
-         _nan_if_none(r["mean_iou"]), *timing_by_id[r["id"]]] for r in images))
+         _nan_if_none(r["mean_iou"]), _nan_if_none(r["boundary_iou"]), _nan_if_none(r["bf_score"]),
+         *timing_by_id[r["id"]]] for r in images))
+    per_class = summary["per_class"]
     _write_csv(per_class_out, PER_CLASS_COLUMNS, (
-        [c, name, _nan_if_none(summary["per_class"][name]["iou"]), _nan_if_none(summary["per_class"][name]["accuracy"]),
-         summary["per_class"][name]["gt_pixels"], summary["per_class"][name]["pred_pixels"]]
+        [c, name, *(_nan_if_none(per_class[name][key]) for key in ("iou", "accuracy", "boundary_iou", "bf_score")),
+         per_class[name]["gt_pixels"], per_class[name]["pred_pixels"]]
         for c, name in enumerate(class_names)))
     log.info("%s: %d images, pixel accuracy %.4f, mean IoU %.4f", run_name, summary["images"],
              summary["pixel_accuracy"], summary["mean_iou"])
     return summary
 
 
-DATASET_METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou")
+DATASET_METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou",
+                   "boundary_iou", "mean_bf_score")
 
 
 def training_overlap(image_records, class_names, lists):
@@ -149,7 +184,7 @@ def training_overlap(image_records, class_names, lists):
         "images": len(image_records) - len(outside),
         "images_outside": len(outside),
         "ids": [r["id"] for r in image_records if r["id"] in trained],
-        "metrics_without_training_images": {key: without[key] for key in DATASET_METRICS if key in without},
+        "metrics_without_training_images": {key: without[key] for key in DATASET_METRICS},
     }
 
 
@@ -162,25 +197,39 @@ COMPARISON_COLUMNS = [
     ("device", "device"), ("threads", "threads"), ("images", "images"),
     ("pixel_accuracy", "pixel acc."), ("pixel_accuracy_void_as_error", "pixel acc. (void = error)"),
     ("mean_accuracy", "mean acc."), ("mean_iou", "mean IoU"), ("fw_iou", "fwIoU"),
+    ("boundary_iou", "boundary IoU"), ("mean_bf_score", "mean BF"),
     ("mean_forward_s", "mean fwd (s)"), ("median_forward_s", "median fwd (s)"), ("p90_forward_s", "p90 fwd (s)"),
     ("model_load_s", "load (s)"), ("images_per_s", "images/s"),
     ("reshapes", "reshapes"), ("reshape_mean_s", "mean reshape (s)"),
+    # The model's training images among those scored, and every dataset metric without them
+    # (empty when the model names no training set: models.<name>.trained_on).
+    ("training_images", "training images"),
+    ("pixel_accuracy_without_training_images", "pixel acc. w/o training images"),
+    ("pixel_accuracy_void_as_error_without_training_images", "pixel acc. (void = error) w/o training images"),
+    ("mean_accuracy_without_training_images", "mean acc. w/o training images"),
+    ("mean_iou_without_training_images", "mean IoU w/o training images"),
+    ("fw_iou_without_training_images", "fwIoU w/o training images"),
+    ("boundary_iou_without_training_images", "boundary IoU w/o training images"),
+    ("mean_bf_score_without_training_images", "mean BF w/o training images"),
 ]
 
 
 def comparison_row(summary):
-    prov, timing = summary["provenance"], summary["timing"]
+    prov, timing, overlap = summary["provenance"], summary["timing"], summary.get("overlap")
     return {
         "run": prov["run"], "model": prov["model_name"], "backend": prov["backend"],
         "backend_version": prov["backend_version"], "device": prov["device"], "threads": prov.get("threads"),
         "images": summary["images"],
         **{k: summary[k] for k in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy",
-                                   "mean_iou", "fw_iou")},
+                                   "mean_iou", "fw_iou", "boundary_iou", "mean_bf_score")},
         "mean_forward_s": timing["mean_s"], "median_forward_s": timing["median_s"], "p90_forward_s": timing["p90_s"],
         "model_load_s": timing["model_load_s"],
         # Forward passes only: the throughput the model allows, not the workflow's.
         "images_per_s": 1.0 / timing["mean_s"] if timing["mean_s"] else None,
         "reshapes": timing.get("reshapes"), "reshape_mean_s": timing.get("reshape_mean_s"),
+        "training_images": overlap["images"] if overlap else None,
+        **{f"{key}_without_training_images": overlap["metrics_without_training_images"][key] if overlap else None
+           for key in DATASET_METRICS},
     }
 
 
@@ -211,8 +260,9 @@ def terminal_summary(comparison_csv):
         rows = list(csv.DictReader(f))
     columns = [("run", "run", str), ("backend", "backend", str), ("device", "device", str),
                ("pixel_accuracy", "pixel acc.", float), ("mean_iou", "mean IoU", float),
-               ("fw_iou", "fwIoU", float), ("median_forward_s", "median fwd (ms)", lambda v: float(v) * 1000),
-               ("images_per_s", "images/s", float)]
+               ("fw_iou", "fwIoU", float), ("boundary_iou", "boundary IoU", float),
+               ("mean_bf_score", "mean BF", float),
+               ("median_forward_s", "median fwd (ms)", lambda v: float(v) * 1000), ("images_per_s", "images/s", float)]
     cells = [[title for _, title, _ in columns]]
     for row in rows:
         # An empty cell is a value that is undefined (e.g. every ground-truth pixel is void).

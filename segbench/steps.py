@@ -150,8 +150,17 @@ def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, b
                            "warmup": warmup, "images": records})
 
 
-def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, num_classes, ignore_label):
-    """Per-image confusion matrix (ignore label excluded) and per-image metrics of a batch, as one JSON."""
+DEFAULT_BOUNDARY_IOU_DILATION = {"fraction_of_diagonal": 0.02}
+DEFAULT_BF_TOLERANCE = {"fraction_of_diagonal": 0.0075}
+
+
+def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, num_classes, ignore_label,
+                 boundary_iou_dilation=DEFAULT_BOUNDARY_IOU_DILATION, bf_tolerance=DEFAULT_BF_TOLERANCE):
+    """Per-image confusion matrix (ignore label excluded) and per-image metrics of a batch, as one JSON.
+
+    Each record also holds the image's per-class boundary counts (metrics.boundary_counts), so that
+    the dataset's Boundary IoU and BF scores are exact sums and means of them; the two tolerances
+    are config metrics.boundary_iou_dilation and metrics.bf_tolerance, resolved per image size."""
     truths = read_batch(label_batches, image_ids, "label")
     records = []
     for image_id, pred_png, gt_png in zip(image_ids, prediction_pngs, label_pngs, strict=True):
@@ -169,13 +178,22 @@ def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, 
             raise metrics.MetricError(f"{pred_png} against {gt_png}: {error}") from None
         void = int((truth == ignore_label).sum())
         values = metrics.scores(hist, void_pixels=void)
+        height, width = truth.shape
+        dilation = metrics.dilation_pixels(boundary_iou_dilation, height, width)
+        tolerance = metrics.tolerance_pixels(bf_tolerance, height, width)
+        counts = metrics.boundary_counts(truth, prediction, num_classes, ignore_label, dilation, tolerance)
+        boundary_iou, bf_score = metrics.image_boundary_scores(counts)
         records.append({
             "id": image_id, "height": int(truth.shape[0]), "width": int(truth.shape[1]),
             "valid_pixels": int(hist.sum()), "void_pixels": void,
             "pixel_accuracy": values["pixel_accuracy"],
             "pixel_accuracy_void_as_error": values["pixel_accuracy_void_as_error"],
             "mean_iou": values["mean_iou"],
+            "boundary_iou": boundary_iou, "bf_score": bf_score,
+            "boundary_iou_dilation_px": dilation, "bf_tolerance_px": tolerance,
             "confusion": hist,
+            "boundary_counts": counts,
         })
-    write_json(output, {"images": records}, indent=None)  # compact: a confusion matrix per image
+    settings = {"boundary_iou_dilation": boundary_iou_dilation, "bf_tolerance": bf_tolerance}
+    write_json(output, {"settings": settings, "images": records}, indent=None)  # compact: a confusion matrix per image
     log.info("scored %d images", len(records))

@@ -14,7 +14,8 @@ from workflow_helpers import make_workdir, read_config, snakemake, write_config
 pytestmark = pytest.mark.slow
 
 IDS = ["demo_000", "demo_001", "demo_002", "demo_003"]
-METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou")
+METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou", "boundary_iou",
+           "mean_bf_score")
 
 
 def make_void(workdir, image_id):
@@ -44,7 +45,8 @@ def run_everything(workdir):
     snakemake(workdir, "--report", "report.html")
     assert (workdir / "report.html").stat().st_size > 0
     for run in ("fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu"):
-        for plot in ("class_scores", "confusion", "forward_times", "accuracy_by_size", "worst_images"):
+        for plot in ("class_scores", "boundary_scores", "confusion", "forward_times", "accuracy_by_size",
+                     "worst_images"):
             assert (workdir / "results" / run / "plots" / f"{plot}.png").stat().st_size > 0
     assert (workdir / "results" / "plots" / "speed_accuracy.png").stat().st_size > 0
     return result.stdout + result.stderr
@@ -65,6 +67,8 @@ def test_a_dataset_whose_ground_truth_is_all_void(workdir):
     assert summary["timing"]["images"] == 4 and summary["timing"]["median_s"] > 0  # timing still counts
     rows = read_csv(workdir / "results" / "fcn-tiny-caffe-cpu" / "per_image.csv")
     assert [(r["valid_pixels"], r["pixel_accuracy"], r["mean_iou"]) for r in rows] == [("0", "", "")] * 4
+    assert [(r["boundary_iou"], r["bf_score"]) for r in rows] == [("", "")] * 4  # void is never boundary
+    assert all(v["boundary_iou"] is None and v["bf_score"] is None for v in summary["per_class"].values())
     comparison = read_csv(workdir / "results" / "comparison.csv")
     assert [r["mean_iou"] for r in comparison] == ["", ""] and all(float(r["median_forward_s"]) > 0 for r in comparison)
 

@@ -1,6 +1,7 @@
 """Training-set overlap: a model names the images it was trained on, and every dataset metric is also
 reported without them, equal to a run on the other images alone."""
 
+import csv
 import json
 
 import pytest
@@ -10,7 +11,8 @@ from workflow_helpers import make_workdir, planned_jobs, read_config, snakemake,
 pytestmark = pytest.mark.slow
 
 RUN = "fcn-tiny-caffe-cpu"
-METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou")
+METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou", "boundary_iou",
+           "mean_bf_score")
 IDS = [f"demo_{i:03d}" for i in range(8)]
 TRAINED = ["demo_001", "demo_003", "demo_005", "demo_006"]
 
@@ -61,6 +63,13 @@ def test_metrics_without_training_images_equal_a_run_on_the_other_images(tmp_pat
     for key in METRICS:
         assert overlap["metrics_without_training_images"][key] == pytest.approx(reference[key], abs=1e-12), key
     assert summary(workdir)["mean_iou"] != pytest.approx(reference["mean_iou"], abs=1e-6)  # all images differ
+    # Side by side in the comparison table.
+    with open(workdir / "results" / "comparison.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["training_images"] == "4"
+    for key in METRICS:
+        assert float(row[key]) == pytest.approx(summary(workdir)[key], abs=1e-12)
+        assert float(row[f"{key}_without_training_images"]) == pytest.approx(reference[key], abs=1e-12)
 
 
 def test_a_missing_training_list_is_refused_at_start(tmp_path):

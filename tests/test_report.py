@@ -11,7 +11,7 @@ from workflow_helpers import snakemake
 pytestmark = pytest.mark.slow
 
 RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu", "fcn-tiny-caffe-cpu-160"]
-PLOTS = ["class_scores", "confusion", "forward_times", "accuracy_by_size", "worst_images"]
+PLOTS = ["class_scores", "boundary_scores", "confusion", "forward_times", "accuracy_by_size", "worst_images"]
 
 
 def check_png(path, min_width=400, min_height=250):

@@ -36,8 +36,12 @@ def test_output_contract(finished):
         assert summary["pixel_accuracy_void_as_error"] < summary["pixel_accuracy"]  # the demo has void pixels
         assert 0.75 <= summary["pixel_accuracy"] <= 0.98
         assert set(summary["per_class"]) == set(read_config(finished)["dataset"]["class_names"])
-        assert set(summary["per_class"]["background"]) == {"iou", "accuracy", "gt_pixels", "pred_pixels"}
-        assert set(summary["per_image_means"]) == {"pixel_accuracy", "pixel_accuracy_void_as_error", "mean_iou"}
+        assert set(summary["per_class"]["background"]) == {"iou", "accuracy", "boundary_iou", "bf_score", "gt_pixels",
+                                                           "pred_pixels"}
+        assert set(summary["per_image_means"]) == {"pixel_accuracy", "pixel_accuracy_void_as_error", "mean_iou",
+                                                   "boundary_iou", "bf_score"}
+        for key in ("boundary_iou", "mean_bf_score"):
+            assert 0 < summary[key] <= 1, key
         timing = summary["timing"]
         assert {"images", "warmup", "total_s", "mean_s", "variance_s2", "median_s", "p10_s", "p90_s", "p99_s",
                 "min_s", "max_s", "model_load_s"} <= set(timing)
@@ -60,10 +64,12 @@ def test_output_contract(finished):
 
         rows = read_csv(out / "per_image.csv")
         assert list(rows[0]) == ["image_id", "height", "width", "valid_pixels", "void_pixels", "pixel_accuracy",
-                                 "pixel_accuracy_void_as_error", "mean_iou", "forward_s", "reshape_s"]
+                                 "pixel_accuracy_void_as_error", "mean_iou", "boundary_iou", "bf_score", "forward_s",
+                                 "reshape_s"]
         assert [r["image_id"] for r in rows] == IDS
         classes = read_csv(out / "per_class.csv")
-        assert list(classes[0]) == ["class_id", "class_name", "iou", "accuracy", "gt_pixels", "pred_pixels"]
+        assert list(classes[0]) == ["class_id", "class_name", "iou", "accuracy", "boundary_iou", "bf_score",
+                                    "gt_pixels", "pred_pixels"]
         assert len(classes) == 21
 
         for image_id in IDS:
@@ -190,9 +196,14 @@ def test_comparison_has_one_row_per_run(finished):
     assert [r["run"] for r in rows] == RUNS
     assert list(rows[0]) == ["run", "model", "backend", "backend_version", "device", "threads", "images",
                              "pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou",
-                             "fw_iou", "mean_forward_s", "median_forward_s", "p90_forward_s", "model_load_s",
-                             "images_per_s", "reshapes", "reshape_mean_s"]
+                             "fw_iou", "boundary_iou", "mean_bf_score", "mean_forward_s", "median_forward_s",
+                             "p90_forward_s", "model_load_s", "images_per_s", "reshapes", "reshape_mean_s",
+                             "training_images",
+                             *(f"{key}_without_training_images" for key in (
+                                 "pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou",
+                                 "fw_iou", "boundary_iou", "mean_bf_score"))]
     for row in rows:
+        assert row["training_images"] == "" and row["mean_iou_without_training_images"] == ""  # none named
         summary = json.loads((finished / "results" / row["run"] / "summary.json").read_text())
         assert float(row["mean_iou"]) == pytest.approx(summary["mean_iou"], abs=1e-12)
         assert float(row["images_per_s"]) == pytest.approx(1 / summary["timing"]["mean_s"])
