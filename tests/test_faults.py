@@ -229,7 +229,7 @@ def test_kill_9_in_an_inference_shard_redoes_that_shard_only(reference, tmp_path
 
 @pytest.fixture
 def small_disk():
-    """small_disk(folder, free_kb): `folder` becomes a 1 MiB tmpfs with a filler file that leaves about
+    """small_disk(folder, free_kb): `folder` becomes an 8 MiB tmpfs with a filler file that leaves about
     `free_kb` KiB; returns the filler. Unmounted at the end of the test."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs to fill up needs root (mount -t tmpfs)")
@@ -237,7 +237,7 @@ def small_disk():
 
     def make(folder, free_kb):
         folder.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here to fill up: {result.stderr.strip()}")
