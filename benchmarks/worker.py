@@ -1,6 +1,6 @@
 """Run one backend on the benchmark net in this process and print one JSON line with what it measured.
 
-    python benchmarks/worker.py BACKEND PROTOTXT WEIGHTS --images N --warmup N --size HxW [--caffe-path DIR]
+    python benchmarks/worker.py BACKEND PROTOTXT WEIGHTS --images N --warmup N --size HxW [--device gpu:N] [--caffe-path DIR]
 
 BACKEND is `caffe` or `opencv` (segbench's own backend classes, so the timing is
 exactly what the workflow records: `time.perf_counter` around the forward pass).
@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--size", default="500x500")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or gpu:N")
     parser.add_argument("--caffe-path", default=None)
     parser.add_argument("--save-scores", default=None, help="write the first image's scores here (.npy)")
     parser.add_argument("--max-images", type=int, default=None,
@@ -92,7 +93,7 @@ def main():
     blobs = [images.to_network_input(p, mean, 1.0, "BGR") for p in photos]
 
     rss_start = status_kib("VmRSS")
-    net = load_backend(args.backend, prototxt=args.prototxt, weights=args.weights, device="cpu",
+    net = load_backend(args.backend, prototxt=args.prototxt, weights=args.weights, device=args.device,
                        input_blob="data", output_blob="score", threads=args.threads)
     load_hwm = status_kib("VmHWM")
     rss_loaded = status_kib("VmRSS")
@@ -116,6 +117,7 @@ def main():
     infer_hwm = status_kib("VmHWM")
     print(json.dumps({
         "backend": args.backend,
+        "device": args.device,
         "provenance": {k: v for k, v in net.provenance().items() if k != "device"},
         "load_s": net.load_seconds,
         "forward_s": [p["forward_s"] for p in passes if not p["disturbed"]],

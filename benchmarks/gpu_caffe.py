@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Caffe on a GPU, checked as a user with a GPU box would check a set-up: after `make setup` there
+(which builds Caffe with CUDA when it finds an NVIDIA GPU and a CUDA toolkit),
+
+    .venv/bin/python benchmarks/gpu_caffe.py                 # device gpu:0
+    .venv/bin/python benchmarks/gpu_caffe.py --device cpu    # the same checks on the CPU (of the script itself)
+
+1. The bundled demo through the real workflow, with a Caffe run on --device beside a Caffe run on
+   the CPU: the predictions must agree on at least 99.9% of pixels and every dataset metric must
+   differ by less than 1e-3 (exit status 1 otherwise).
+2. The FCN-8s layout (benchmarks/fcn8s.py, random weights) at 500x500 on Caffe --device, in its own
+   process (benchmarks/worker.py): median and p90 forward time, model load time, peak GPU memory of
+   the process (NVML), and the ratio to PyTorch's fp32 figure on an H200 (12.4 ms, shared notes).
+
+Prints a report, and writes it as JSON with --json.
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+TORCH_FP32_H200_MS = 12.4  # FCN-8s layout, 500x500, PyTorch fp32 (TF32 off), median: shared notes, gpu.md
+METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou",
+           "boundary_iou", "mean_bf_score")
+
+
+def demo_workflow(device, workdir):
+    """The demo with Caffe on the CPU and on `device`: pixel agreement and metric differences."""
+    shutil.copytree(REPO / "resources" / "demo" / "VOC", workdir / "VOC")
+    shutil.copytree(REPO / "resources" / "demo" / "fcn-tiny", workdir / "model")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["dataset"]["root"] = "VOC"
+    config["models"]["fcn-tiny"].update(prototxt="model/deploy.prototxt", weights="model/fcn-tiny.caffemodel")
+    config["runs"] = {"caffe-cpu": {"model": "fcn-tiny", "backend": "caffe", "device": "cpu"},
+                      "caffe-device": {"model": "fcn-tiny", "backend": "caffe", "device": device}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake = Path(sys.executable).parent / "snakemake"
+    run = subprocess.run([str(snakemake), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "4"],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"the workflow failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    same = total = 0
+    for png in sorted((workdir / "results" / "caffe-cpu" / "predictions").glob("*.png")):
+        a = np.array(Image.open(png))
+        b = np.array(Image.open(workdir / "results" / "caffe-device" / "predictions" / png.name))
+        same += int((a == b).sum())
+        total += a.size
+    cpu, dev = (json.loads((workdir / "results" / r / "summary.json").read_text()) for r in ("caffe-cpu", "caffe-device"))
+    return {"agreement": same / total, "images": cpu["images"],
+            "metric_differences": {k: abs(cpu[k] - dev[k]) for k in METRICS if cpu[k] is not None},
+            "device_provenance": {k: dev["provenance"].get(k) for k in
+                                  ("backend", "backend_version", "backend_cpu_only", "device", "gpu_model",
+                                   "gpu_memory_peak_mb")},
+            "median_forward_ms": {"cpu": cpu["timing"]["median_s"] * 1000, device: dev["timing"]["median_s"] * 1000}}
+
+
+def fcn8s_forward(device, images, warmup):
+    import fcn8s
+
+    prototxt, weights, _ = fcn8s.ensure_model(log=lambda m: print(m, file=sys.stderr))
+    cmd = [sys.executable, str(HERE / "worker.py"), "caffe", str(prototxt), str(weights), "--images", str(images),
+           "--warmup", str(warmup), "--size", "500x500", "--device", device, "--quiet-share", "1e9"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"FCN-8s on {device} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    times = sorted(out["forward_s"])
+    median = statistics.median(times) * 1000
+    return {"median_ms": median, "p90_ms": float(np.percentile(times, 90)) * 1000, "load_s": out["load_s"],
+            "passes": len(times), "gpu_memory_peak_mb": out["provenance"].get("gpu_memory_peak_mb"),
+            "peak_rss_mb": out["peak_kib"] / 1024, "vs_torch_fp32_h200": median / TORCH_FP32_H200_MS,
+            "provenance": out["provenance"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="gpu:0")
+    parser.add_argument("--images", type=int, default=50, help="timed FCN-8s passes (default 50)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    report = {"device": args.device}
+    with tempfile.TemporaryDirectory(prefix="segbench-gpu-") as tmp:
+        demo = report["demo"] = demo_workflow(args.device, Path(tmp))
+    ok = demo["agreement"] >= 0.999 and all(d < 1e-3 for d in demo["metric_differences"].values())
+    print(f"demo, {demo['images']} images, Caffe on cpu and on {args.device}: {demo['agreement']:.5%} of pixels agree; "
+          f"largest metric difference {max(demo['metric_differences'].values()):.2e} -> {'ok' if ok else 'NOT ok'}")
+    print(f"  {args.device}: {demo['device_provenance']}")
+    fcn = report["fcn8s"] = fcn8s_forward(args.device, args.images, args.warmup)
+    print(f"FCN-8s layout, 500x500, Caffe on {args.device}, {fcn['passes']} passes after {args.warmup} warm-up: "
+          f"median {fcn['median_ms']:.2f} ms, p90 {fcn['p90_ms']:.2f} ms, load {fcn['load_s']:.2f} s, "
+          f"peak GPU memory {fcn['gpu_memory_peak_mb']} MB, peak RSS {fcn['peak_rss_mb']:.0f} MB; "
+          f"{fcn['vs_torch_fp32_h200']:.2f}x PyTorch fp32 on an H200 ({TORCH_FP32_H200_MS} ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
