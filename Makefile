@@ -2,12 +2,14 @@
 # make demo    setup, then the workflow on the bundled demo (config.yaml)
 # make test    setup, then the test suite
 # make voc2012 setup, download VOC2012 and FCN-8s, score FCN-8s on seg11valid
+# make caffe-cuda-check  compile Caffe's CUDA build (with and without cuDNN) against PyPI's
+#              CUDA 13 wheels; needs no GPU (tools/caffe/cuda-compile-check.sh)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test voc2012 clean
+.PHONY: setup demo test voc2012 caffe-cuda-check clean
 
 setup: $(VENV)/.requirements-installed
 	tools/caffe/build.sh $(BIN)/python
@@ -34,6 +36,11 @@ test: setup
 voc2012: setup
 	$(BIN)/snakemake --cores 4 --configfile config/voc2012-fcn8s.yaml fetch
 	$(BIN)/snakemake --cores 4 --configfile config/voc2012-fcn8s.yaml
+
+# About 20 minutes on 2 cores the first time; then seconds while build.sh and its patches
+# are unchanged (--fresh in CUDA_CHECK_ARGS rebuilds). Leaves .venv and segbench's Caffe alone.
+caffe-cuda-check: $(VENV)/.requirements-installed
+	tools/caffe/cuda-compile-check.sh $(BIN)/python $(CUDA_CHECK_ARGS)
 
 clean:
 	rm -rf work results logs .snakemake report.html
