@@ -5,6 +5,7 @@ process: a missing file, a prototxt that does not parse, a GPU call in a
 CPU-only build. So every such condition is checked in Python first.
 """
 
+import json
 import os
 import sys
 import time
@@ -46,6 +47,15 @@ def import_caffe():
     return caffe
 
 
+def build_info(caffe):
+    """The build-info.json that tools/caffe/build.sh wrote beside this pycaffe ({} for another Caffe)."""
+    path = Path(caffe.__file__).resolve().parents[2] / "build-info.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def caffe_is_cpu_only(caffe):
     library = Path(caffe._caffe.__file__)
     return _CPU_ONLY_MARKER in library.read_bytes()
@@ -80,6 +90,12 @@ class CaffeBackend:
         check_model_files(prototxt, weights)
         kind = self.check_device(device)
         caffe = import_caffe()
+        if kind == "cpu" and build_info(caffe).get("cudnn") and cuda.gpu_count()[0] == 0:
+            # cuDNN's convolution layers set up CUDA streams even in CPU mode: Caffe would abort.
+            raise BackendError(f"the Caffe at {Path(caffe.__file__).parent} was built with cuDNN, which needs a "
+                               f"GPU even for device: cpu, and {cuda.gpu_count()[1]}; build Caffe for this machine "
+                               f"(SEGBENCH_CAFFE=cpu make setup, or SEGBENCH_CUDNN=no for a CUDA build that also "
+                               f"runs on the CPU)")
         if threads:
             # Caffe's CPU layers are BLAS calls; its OpenBLAS reads no setting once loaded,
             # so the limit is set through threadpoolctl, which reaches the loaded library.
