@@ -17,6 +17,13 @@ PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "accuracy", "boundary_iou"
                      "pred_pixels"]
 
 
+# The dataset metrics of a run, in the order and with the titles of the comparison table.
+METRIC_TITLES = {"pixel_accuracy": "pixel acc.", "pixel_accuracy_void_as_error": "pixel acc. (void = error)",
+                 "mean_accuracy": "mean acc.", "mean_iou": "mean IoU", "fw_iou": "fwIoU",
+                 "boundary_iou": "boundary IoU", "mean_bf_score": "mean BF"}
+DATASET_METRICS = tuple(METRIC_TITLES)
+
+
 def _finite_or_none(value):
     value = float(value)
     return value if np.isfinite(value) else None
@@ -169,10 +176,6 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
     return summary
 
 
-DATASET_METRICS = ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou", "fw_iou",
-                   "boundary_iou", "mean_bf_score")
-
-
 def training_overlap(image_records, class_names, lists):
     """Which evaluated images are in the model's training lists, and every dataset metric without them."""
     trained = overlap.read_training_ids(lists)
@@ -195,40 +198,31 @@ def _nan_if_none(value):
 COMPARISON_COLUMNS = [
     ("run", "run"), ("model", "model"), ("backend", "backend"), ("backend_version", "version"),
     ("device", "device"), ("threads", "threads"), ("images", "images"),
-    ("pixel_accuracy", "pixel acc."), ("pixel_accuracy_void_as_error", "pixel acc. (void = error)"),
-    ("mean_accuracy", "mean acc."), ("mean_iou", "mean IoU"), ("fw_iou", "fwIoU"),
-    ("boundary_iou", "boundary IoU"), ("mean_bf_score", "mean BF"),
+    *METRIC_TITLES.items(),
     ("mean_forward_s", "mean fwd (s)"), ("median_forward_s", "median fwd (s)"), ("p90_forward_s", "p90 fwd (s)"),
     ("model_load_s", "load (s)"), ("images_per_s", "images/s"),
     ("reshapes", "reshapes"), ("reshape_mean_s", "mean reshape (s)"),
     # The model's training images among those scored, and every dataset metric without them
     # (empty when the model names no training set: models.<name>.trained_on).
     ("training_images", "training images"),
-    ("pixel_accuracy_without_training_images", "pixel acc. w/o training images"),
-    ("pixel_accuracy_void_as_error_without_training_images", "pixel acc. (void = error) w/o training images"),
-    ("mean_accuracy_without_training_images", "mean acc. w/o training images"),
-    ("mean_iou_without_training_images", "mean IoU w/o training images"),
-    ("fw_iou_without_training_images", "fwIoU w/o training images"),
-    ("boundary_iou_without_training_images", "boundary IoU w/o training images"),
-    ("mean_bf_score_without_training_images", "mean BF w/o training images"),
+    *((f"{key}_without_training_images", f"{title} w/o training images") for key, title in METRIC_TITLES.items()),
 ]
 
 
 def comparison_row(summary):
-    prov, timing, overlap = summary["provenance"], summary["timing"], summary.get("overlap")
+    prov, timing, training = summary["provenance"], summary["timing"], summary.get("overlap")
     return {
         "run": prov["run"], "model": prov["model_name"], "backend": prov["backend"],
         "backend_version": prov["backend_version"], "device": prov["device"], "threads": prov.get("threads"),
         "images": summary["images"],
-        **{k: summary[k] for k in ("pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy",
-                                   "mean_iou", "fw_iou", "boundary_iou", "mean_bf_score")},
+        **{key: summary[key] for key in DATASET_METRICS},
         "mean_forward_s": timing["mean_s"], "median_forward_s": timing["median_s"], "p90_forward_s": timing["p90_s"],
         "model_load_s": timing["model_load_s"],
         # Forward passes only: the throughput the model allows, not the workflow's.
         "images_per_s": 1.0 / timing["mean_s"] if timing["mean_s"] else None,
         "reshapes": timing.get("reshapes"), "reshape_mean_s": timing.get("reshape_mean_s"),
-        "training_images": overlap["images"] if overlap else None,
-        **{f"{key}_without_training_images": overlap["metrics_without_training_images"][key] if overlap else None
+        "training_images": training["images"] if training else None,
+        **{f"{key}_without_training_images": training["metrics_without_training_images"][key] if training else None
            for key in DATASET_METRICS},
     }
 

@@ -63,7 +63,7 @@ def check_scores(scores, num_classes, model, image_id):
     than 256 channels would even wrap around in the uint8 label map), and a NaN score would
     silently become a class.
     """
-    if scores.shape[0] != num_classes:
+    if num_classes is not None and scores.shape[0] != num_classes:
         raise ModelOutputError(
             f"{model['prototxt']} ({model['weights']}): output blob {model['output_blob']!r} has "
             f"{scores.shape[0]} channels (classes) but dataset.num_classes is {num_classes}; "
@@ -77,11 +77,10 @@ def check_scores(scores, num_classes, model, image_id):
             f"score(s) (output blob {model['output_blob']!r}); its weights or its input are broken")
 
 
-def predict(backend, rgb, source_hw, model, num_classes=None, image_id="image"):
-    """Class labels at `source_hw` for one image, and the forward time in seconds."""
-    blob = images.to_network_input(rgb, model["mean"], model["scale"], model["channel_order"])
+def predict(backend, blob, source_hw, model, num_classes=None, image_id="image"):
+    """Class labels at `source_hw` for one network input blob, and the forward time in seconds."""
     scores, seconds = backend.forward(blob)
-    check_scores(scores, scores.shape[0] if num_classes is None else num_classes, model, image_id)
+    check_scores(scores, num_classes, model, image_id)
     # Scores, not labels, are brought back to the image's own size (bilinear), then the argmax.
     scores = images.resize_scores(scores, source_hw)
     return _argmax_classes(scores), seconds
@@ -128,17 +127,16 @@ def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, b
         shaped_for = first.shape
         for _ in range(warmup):
             scores, _ = net.forward(first)
-        check_scores(scores, num_classes or scores.shape[0], model, image_ids[order[0]])
+        check_scores(scores, num_classes, model, image_ids[order[0]])
     records = [None] * len(image_ids)
     for k in order:
         image_id, (image, source_hw), png = image_ids[k], loaded[k], prediction_pngs[k]
-        shape = (1, 3, *image.shape[:2])
+        blob = images.to_network_input(image, model["mean"], model["scale"], model["channel_order"])
         first_pass_s = None
-        if shape != shaped_for:
-            blob = images.to_network_input(image, model["mean"], model["scale"], model["channel_order"])
-            first_pass_s = net.reshape(shape) + net.forward(blob)[1]
-            shaped_for = shape
-        prediction, seconds = predict(net, image, source_hw, model, num_classes, image_id)
+        if blob.shape != shaped_for:
+            first_pass_s = net.reshape(blob.shape) + net.forward(blob)[1]
+            shaped_for = blob.shape
+        prediction, seconds = predict(net, blob, source_hw, model, num_classes, image_id)
         # What a new shape costs: re-shaping and the first pass at it, beyond a pass on a shaped net.
         reshape_s = None if first_pass_s is None else first_pass_s - seconds
         labels.write_label_png(png, prediction)
@@ -150,12 +148,8 @@ def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, b
                            "warmup": warmup, "images": records})
 
 
-DEFAULT_BOUNDARY_IOU_DILATION = {"fraction_of_diagonal": 0.02}
-DEFAULT_BF_TOLERANCE = {"fraction_of_diagonal": 0.0075}
-
-
 def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, num_classes, ignore_label,
-                 boundary_iou_dilation=DEFAULT_BOUNDARY_IOU_DILATION, bf_tolerance=DEFAULT_BF_TOLERANCE):
+                 boundary_iou_dilation, bf_tolerance):
     """Per-image confusion matrix (ignore label excluded) and per-image metrics of a batch, as one JSON.
 
     Each record also holds the image's per-class boundary counts (metrics.boundary_counts), so that

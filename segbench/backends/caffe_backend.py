@@ -90,12 +90,14 @@ class CaffeBackend:
         check_model_files(prototxt, weights)
         kind = self.check_device(device)
         caffe = import_caffe()
-        if kind == "cpu" and build_info(caffe).get("cudnn") and cuda.gpu_count()[0] == 0:
-            # cuDNN's convolution layers set up CUDA streams even in CPU mode: Caffe would abort.
-            raise BackendError(f"the Caffe at {Path(caffe.__file__).parent} was built with cuDNN, which needs a "
-                               f"GPU even for device: cpu, and {cuda.gpu_count()[1]}; build Caffe for this machine "
-                               f"(SEGBENCH_CAFFE=cpu make setup, or SEGBENCH_CUDNN=no for a CUDA build that also "
-                               f"runs on the CPU)")
+        if kind == "cpu" and build_info(caffe).get("cudnn"):
+            # cuDNN's convolution layers set up CUDA streams even in CPU mode: without a GPU Caffe would abort.
+            gpus, no_gpu = cuda.gpu_count()
+            if gpus == 0:
+                raise BackendError(f"the Caffe at {Path(caffe.__file__).parent} was built with cuDNN, which needs "
+                                   f"a GPU even for device: cpu, and {no_gpu}; build Caffe for this machine "
+                                   f"(SEGBENCH_CAFFE=cpu make setup, or SEGBENCH_CUDNN=no for a CUDA build that "
+                                   f"also runs on the CPU)")
         if threads:
             # Caffe's CPU layers are BLAS calls; its OpenBLAS reads no setting once loaded,
             # so the limit is set through threadpoolctl, which reaches the loaded library.
