@@ -7,6 +7,7 @@ Writes
     <out>/VOC/JPEGImages/demo_NNN.jpg            RGB JPEG images of varied sizes
     <out>/VOC/SegmentationClass/demo_NNN.png     palette PNGs: 0..20 classes, 255 void
     <out>/VOC/ImageSets/Segmentation/demo.txt    all ids, one a line
+    <out>/VOC/.../calib_NNN.*, calibration.txt   8 more images, never scored: int8 calibration data
     <out>/fcn-tiny/deploy.prototxt               FCN-style deploy net (Input -> ... -> Crop)
     <out>/fcn-tiny/fcn-tiny.caffemodel           weights set by construction, no training
     <out>/fcn-tiny/README.md
@@ -37,6 +38,10 @@ from scipy import ndimage
 
 SEED = 20240517
 N_IMAGES = 24
+# The calibration images of int8 runs: drawn after the demo images from their own generator, so
+# that adding them left the demo images as they were, and never among the images scored.
+CALIBRATION_SEED = 20261201
+N_CALIBRATION = 8
 SIZE_RANGE = (96, 240)          # inclusive bounds for both height and width
 FIRST_SIZE = (131, 177)         # (H, W): pin one odd, non-square size
 JPEG_QUALITY = 90
@@ -189,15 +194,15 @@ def add_void_band(labels, radius):
     return out
 
 
-def write_dataset(root, rng):
-    """Write the VOC tree; return the list of ids."""
+def write_dataset(root, rng, prefix="demo", count=N_IMAGES, split="demo"):
+    """Write `count` images and labels of the VOC tree and the split listing them; return the ids."""
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     palette_bytes = PALETTE.tobytes()
     stream = class_stream(rng)
     ids = []
-    for i in range(N_IMAGES):
-        if i == 0:
+    for i in range(count):
+        if i == 0 and prefix == "demo":
             h, w = FIRST_SIZE
         else:
             h, w = (int(v) for v in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, 2))
@@ -210,7 +215,7 @@ def write_dataset(root, rng):
         img, labels = make_image(rng, h, w, classes)
         gt = add_void_band(labels, VOID_RADIUS)
 
-        image_id = f"demo_{i:03d}"
+        image_id = f"{prefix}_{i:03d}"
         # Pillow's defaults (no optimize, no EXIF) make the bytes depend on the pixels alone.
         Image.fromarray(img, "RGB").save(
             os.path.join(root, "JPEGImages", image_id + ".jpg"), quality=JPEG_QUALITY)
@@ -218,7 +223,7 @@ def write_dataset(root, rng):
         png.putpalette(palette_bytes)
         png.save(os.path.join(root, "SegmentationClass", image_id + ".png"))
         ids.append(image_id)
-    with open(os.path.join(root, "ImageSets", "Segmentation", "demo.txt"), "w") as f:
+    with open(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt"), "w") as f:
         f.write("".join(i + "\n" for i in ids))
     return ids
 
@@ -392,6 +397,7 @@ def main(argv=None):
     rng = np.random.default_rng(SEED)
     voc_root = os.path.join(args.out, "VOC")
     ids = write_dataset(voc_root, rng)
+    write_dataset(voc_root, np.random.default_rng(CALIBRATION_SEED), "calib", N_CALIBRATION, "calibration")
     proto, model = write_net(os.path.join(args.out, "fcn-tiny"))
     conf = evaluate(proto, model, voc_root, ids)
 
