@@ -34,6 +34,7 @@ if PLAN is not None:
 
     include: "rules/labels.smk"
     include: "rules/inputs.smk"
+    include: "rules/onnx.smk"
     include: "rules/inference.smk"
     include: "rules/metrics.smk"
     include: "rules/aggregate.smk"
@@ -56,6 +57,8 @@ rule all:
                 *expand("results/{run}/per_class.csv", run=RUNS),
                 "results/comparison.csv",
                 "results/comparison.md",
+                # The check that each ONNX export computes what Caffe computes.
+                *[P.parity_json(model) for model in PARITY_MODELS],
                 *expand("results/{run}/plots/class_scores.png", run=RUNS),
                 # Predictions are results too: one deleted, or lost when a rerun of its shard failed,
                 # is made again even when the numbers computed from it are up to date (Snakemake does

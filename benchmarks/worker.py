@@ -1,8 +1,10 @@
 """Run one backend on the benchmark net in this process and print one JSON line with what it measured.
 
     python benchmarks/worker.py BACKEND PROTOTXT WEIGHTS --images N --warmup N --size HxW [--device gpu:N] [--caffe-path DIR]
+        [--onnx FILE --precision fp32|bf16|fp16|int8]
 
-BACKEND is `caffe` or `opencv` (segbench's own backend classes, so the timing is
+BACKEND is `caffe`, `opencv`, `onnxruntime` or `openvino` (with --onnx FILE and --precision;
+segbench's own backend classes, so the timing is
 exactly what the workflow records: `time.perf_counter` around the forward pass).
 `--caffe-path DIR` puts DIR first on sys.path, so that `import caffe` finds that
 build (the stock one) rather than segbench's. The parent starts one process per
@@ -56,7 +58,7 @@ def reset_peak():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("backend", choices=["caffe", "opencv"])
+    parser.add_argument("backend", choices=["caffe", "opencv", "onnxruntime", "openvino"])
     parser.add_argument("prototxt")
     parser.add_argument("weights")
     parser.add_argument("--images", type=int, default=5)
@@ -64,6 +66,8 @@ def main():
     parser.add_argument("--size", default="500x500")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or gpu:N")
+    parser.add_argument("--onnx", default=None, help="the ONNX file (onnxruntime, openvino)")
+    parser.add_argument("--precision", default="fp32")
     parser.add_argument("--caffe-path", default=None)
     parser.add_argument("--save-scores", default=None, help="write the first image's scores here (.npy)")
     parser.add_argument("--max-images", type=int, default=None,
@@ -93,11 +97,13 @@ def main():
     blobs = [images.to_network_input(p, mean, 1.0, "BGR") for p in photos]
 
     rss_start = status_kib("VmRSS")
-    net = load_backend(args.backend, prototxt=args.prototxt, weights=args.weights, device=args.device,
-                       input_blob="data", output_blob="score", threads=args.threads)
+    net = load_backend(args.backend, prototxt=args.prototxt, weights=args.weights, onnx=args.onnx, device=args.device,
+                       input_blob="data", output_blob="score", threads=args.threads, precision=args.precision)
     load_hwm = status_kib("VmHWM")
     rss_loaded = status_kib("VmRSS")
     can_reset = reset_peak()
+    # As the workflow does: shape the net for the input before the passes (OpenVINO compiles for it).
+    reshape_s = net.reshape(blobs[0].shape)
     for _ in range(args.warmup):
         net.forward(blobs[0])
     # Each pass is timed as segbench times it; around it, the CPU time that other processes took
@@ -120,6 +126,8 @@ def main():
         "device": args.device,
         "provenance": {k: v for k, v in net.provenance().items() if k != "device"},
         "load_s": net.load_seconds,
+        "reshape_s": reshape_s,
+        "precision": args.precision,
         "forward_s": [p["forward_s"] for p in passes if not p["disturbed"]],
         "passes": passes,
         "warmup": args.warmup,

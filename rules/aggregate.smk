@@ -32,9 +32,36 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
+REFERENCES = P.reference_runs(config)
+COMPARED = [run for run in RUNS if REFERENCES[run]]
+
+
+# Pixel by pixel: how many of a run's predicted classes are its reference run's (e.g. an int8 or
+# ONNX run against the fp32 Caffe run of the same model).
+rule agreement:
+    input:
+        predictions=lambda w: [P.prediction_png(w.run, i) for i in PLAN.ids],
+        reference=lambda w: [P.prediction_png(REFERENCES[w.run], i) for i in PLAN.ids],
+    output:
+        P.agreement_json("{run}"),
+    params:
+        ids=PLAN.ids,
+        reference=lambda w: REFERENCES[w.run],
+    localrule: True
+    conda:
+        "../envs/steps.yaml"
+    wildcard_constraints:
+        run="|".join(re.escape(r) for r in COMPARED) or "$^",
+    log:
+        "logs/{run}/agreement.log",
+    script:
+        "../scripts/agreement.py"
+
+
 rule compare:
     input:
-        expand("results/{run}/summary.json", run=RUNS),
+        summaries=expand("results/{run}/summary.json", run=RUNS),
+        agreements=[P.agreement_json(run) for run in COMPARED],
     output:
         csv=report("results/comparison.csv", category="comparison", caption="../resources/report/comparison.rst"),
         md="results/comparison.md",

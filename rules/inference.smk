@@ -7,6 +7,7 @@
 
 import os
 
+from segbench.backends import ONNX_BACKENDS
 from segbench.cluster import inference_resource_callables
 
 INFERENCE = config["inference"]
@@ -24,6 +25,11 @@ for _run in RUNS:
                 inputs=[P.input_batch(_key, b) for b in PLAN.batches_of(_ids)],
                 prototxt=_model["prototxt"],
                 weights=_model["weights"],
+                # ONNX runs: the export they run, and its check against Caffe, which must pass first
+                # (ancient: a check redone with other settings does not redo the inference).
+                onnx=[P.onnx_model(_spec["model"], P.onnx_variant(_spec))] if _spec["backend"] in ONNX_BACKENDS else [],
+                parity=[ancient(P.parity_json(_spec["model"]))]
+                if _spec["backend"] in ONNX_BACKENDS and _spec["model"] in PARITY_MODELS else [],
             output:
                 predictions=[P.prediction_png(_run, i) for i in _ids],
                 shard=P.shard_json(_run, _s),
@@ -32,6 +38,8 @@ for _run in RUNS:
                 model=canonical(inference_settings(_model)),
                 backend=_spec["backend"],
                 device=_spec["device"],
+                precision=_spec["precision"],
+                provider=_spec["provider"],
                 resize=_spec["resize"],
                 warmup=INFERENCE["warmup"],
                 threads=_spec["threads"],

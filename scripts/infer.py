@@ -13,7 +13,8 @@ def infer(sm):
     # not change the predictions, so changing it does not redo inference.
     run_inference(sm.params.ids, list(sm.input.inputs), list(sm.output.predictions), sm.output.shard,
                   sm.params.model, sm.params.backend, sm.params.device, sm.params.warmup, threads,
-                  num_classes=sm.config["dataset"]["num_classes"])
+                  num_classes=sm.config["dataset"]["num_classes"], onnx=sm.input.onnx[0] if sm.input.onnx else None,
+                  precision=sm.params.precision, provider=sm.params.provider)
 
 
 run_step(snakemake, infer)

@@ -56,9 +56,34 @@ def validate(config):
         if run["model"] not in config["models"]:
             problems.append(f"runs.{name}.model: {run['model']!r} is not one of models: "
                             f"{', '.join(config['models'])}")
+        problems += _run_problems(name, run, config)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
     return config
+
+
+# The precisions each backend can run at all; whether this machine's CPU or GPU can is checked by
+# the backend before any job (segbench.backends.check_device).
+BACKEND_PRECISIONS = {"caffe": ["fp32"], "opencv": ["fp32"], "onnxruntime": ["fp32", "fp16", "int8"],
+                      "openvino": ["fp32", "bf16", "fp16", "int8"]}
+
+
+def _run_problems(name, run, config):
+    problems = []
+    if run["precision"] not in BACKEND_PRECISIONS[run["backend"]]:
+        problems.append(f"runs.{name}.precision: {run['precision']} is not a precision of the {run['backend']} "
+                        f"backend ({', '.join(BACKEND_PRECISIONS[run['backend']])}); the onnxruntime and openvino "
+                        f"backends run the model's ONNX export at other precisions")
+    if run["provider"] is not None and run["backend"] != "onnxruntime":
+        problems.append(f"runs.{name}.provider: only onnxruntime runs have an execution provider")
+    if run["reference"] is not None and run["reference"] not in config["runs"]:
+        problems.append(f"runs.{name}.reference: {run['reference']!r} is not one of runs: {', '.join(config['runs'])}")
+    if run["reference"] == name:
+        problems.append(f"runs.{name}.reference: a run cannot be its own reference")
+    if run["precision"] == "int8" and config["quantization"]["calibration_split"] is None:
+        problems.append(f"runs.{name}: precision int8 needs quantization.calibration_split, a split of "
+                        f"images that are not scored (e.g. train), to calibrate the quantization on")
+    return problems
 
 
 def canonical(value):

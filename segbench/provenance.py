@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 
-PACKAGES = ("snakemake", "numpy", "pillow", "pandas", "opencv-python-headless", "protobuf", "threadpoolctl")
+PACKAGES = ("snakemake", "numpy", "pillow", "pandas", "opencv-python-headless", "protobuf", "threadpoolctl", "onnx", "onnxruntime", "openvino")
 
 
 def sha256_file(path, chunk=1 << 20):

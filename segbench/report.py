@@ -142,6 +142,7 @@ def aggregate_run(run_name, run, model, class_names, ignore_label, metric_jsons,
         "model_name": run["model"],
         **backend,
         "resize": run["resize"],
+        "precision": run.get("precision", "fp32"),
         "ignore_label": ignore_label,
         # The settings that determine this run's numbers, and their hash.
         "run_config": run_config,
@@ -197,8 +198,11 @@ def _nan_if_none(value):
 
 COMPARISON_COLUMNS = [
     ("run", "run"), ("model", "model"), ("backend", "backend"), ("backend_version", "version"),
-    ("device", "device"), ("threads", "threads"), ("images", "images"),
+    ("device", "device"), ("precision", "precision"), ("threads", "threads"), ("images", "images"),
     *METRIC_TITLES.items(),
+    # What a run's speed-up costs: its predictions against its reference run's (runs.<run>.reference,
+    # by default the model's fp32 Caffe run), pixel by pixel, and its mean IoU minus the reference's.
+    ("reference", "compared with"), ("pixel_agreement", "pixel agreement"), ("mean_iou_diff", "mean IoU diff"),
     ("mean_forward_s", "mean fwd (s)"), ("median_forward_s", "median fwd (s)"), ("p90_forward_s", "p90 fwd (s)"),
     ("model_load_s", "load (s)"), ("images_per_s", "images/s"),
     ("reshapes", "reshapes"), ("reshape_mean_s", "mean reshape (s)"),
@@ -213,8 +217,9 @@ def comparison_row(summary):
     prov, timing, training = summary["provenance"], summary["timing"], summary.get("overlap")
     return {
         "run": prov["run"], "model": prov["model_name"], "backend": prov["backend"],
-        "backend_version": prov["backend_version"], "device": prov["device"], "threads": prov.get("threads"),
-        "images": summary["images"],
+        "backend_version": prov["backend_version"], "device": prov["device"],
+        "precision": prov.get("precision", "fp32"), "threads": prov.get("threads"),
+        "images": summary["images"], "reference": None, "pixel_agreement": None, "mean_iou_diff": None,
         **{key: summary[key] for key in DATASET_METRICS},
         "mean_forward_s": timing["mean_s"], "median_forward_s": timing["median_s"], "p90_forward_s": timing["p90_s"],
         "model_load_s": timing["model_load_s"],
@@ -235,9 +240,17 @@ def _cell(value):
     return str(value)
 
 
-def compare_runs(summary_jsons, csv_out, md_out):
-    """One row per run: accuracy, timing and what ran, as CSV and as a Markdown table."""
+def compare_runs(summary_jsons, csv_out, md_out, agreement_jsons=()):
+    """One row per run: accuracy, timing and what ran, as CSV and as a Markdown table; a run with a
+    reference run (agreement_jsons, from segbench.steps.pixel_agreement) also gets its pixel agreement
+    with that run and the difference of their mean IoU."""
     rows = [comparison_row(read_json(p)) for p in summary_jsons]
+    by_run = {row["run"]: row for row in rows}
+    for agreement in map(read_json, agreement_jsons):
+        row, reference = by_run[agreement["run"]], by_run[agreement["reference"]]
+        row.update(reference=agreement["reference"], pixel_agreement=agreement["pixel_agreement"],
+                   mean_iou_diff=(row["mean_iou"] - reference["mean_iou"]
+                                  if row["mean_iou"] is not None and reference["mean_iou"] is not None else None))
     keys = [k for k, _ in COMPARISON_COLUMNS]
     _write_csv(csv_out, keys, ([row[k] if row[k] is not None else "" for k in keys] for row in rows))
     lines = ["| " + " | ".join(title for _, title in COMPARISON_COLUMNS) + " |",
@@ -253,17 +266,18 @@ def terminal_summary(comparison_csv):
     with open(comparison_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     columns = [("run", "run", str), ("backend", "backend", str), ("device", "device", str),
-               ("pixel_accuracy", "pixel acc.", float), ("mean_iou", "mean IoU", float),
+               ("precision", "precision", str), ("pixel_accuracy", "pixel acc.", float), ("mean_iou", "mean IoU", float),
                ("fw_iou", "fwIoU", float), ("boundary_iou", "boundary IoU", float),
                ("mean_bf_score", "mean BF", float),
-               ("median_forward_s", "median fwd (ms)", lambda v: float(v) * 1000), ("images_per_s", "images/s", float)]
+               ("median_forward_s", "median fwd (ms)", lambda v: float(v) * 1000), ("images_per_s", "images/s", float),
+               ("pixel_agreement", "agreement", float)]
     cells = [[title for _, title, _ in columns]]
     for row in rows:
         # An empty cell is a value that is undefined (e.g. every ground-truth pixel is void).
         cells.append(["-" if row[key] == "" else row[key] if convert is str else f"{convert(row[key]):.3f}"
                       for key, _, convert in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return ("\nsegbench results\n" + "\n".join(lines) + "\n\n"
             "per run: results/<run>/summary.json, per_image.csv, per_class.csv, predictions/, plots/\n"

@@ -100,7 +100,7 @@ def _argmax_classes(scores):
 
 
 def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, backend, device, warmup,
-                  threads=None, num_classes=None):
+                  threads=None, num_classes=None, onnx=None, precision="fp32", provider=None):
     """Load the model once, then predict every image of the shard and time each forward pass.
 
     Every backend is timed over the same span: a forward pass on a net already shaped for the
@@ -113,9 +113,10 @@ def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, b
     from . import provenance
     from .backends import load_backend
 
-    net = load_backend(backend, prototxt=model["prototxt"], weights=model["weights"], device=device,
-                       input_blob=model["input_blob"], output_blob=model["output_blob"], threads=threads)
-    log.info("loaded %s on %s in %.3f s", model["weights"], device, net.load_seconds)
+    net = load_backend(backend, prototxt=model["prototxt"], weights=model["weights"], onnx=onnx, device=device,
+                       input_blob=model["input_blob"], output_blob=model["output_blob"], threads=threads,
+                       precision=precision, provider=provider)
+    log.info("loaded %s on %s (%s) in %.3f s", onnx or model["weights"], device, precision, net.load_seconds)
     # Every input is read before the first pass, so that no pass waits for the disk.
     inputs = read_batch(input_batches, image_ids, "image", "source_hw")
     loaded = [(inputs[i][0], tuple(inputs[i][1])) for i in image_ids]
@@ -191,3 +192,23 @@ def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, 
     settings = {"boundary_iou_dilation": boundary_iou_dilation, "bf_tolerance": bf_tolerance}
     write_json(output, {"settings": settings, "images": records}, indent=None)  # compact: a confusion matrix per image
     log.info("scored %d images", len(records))
+
+
+def pixel_agreement(image_ids, prediction_pngs, reference_pngs, output, run, reference):
+    """How many pixels of a run's predictions have the class of its reference run's (e.g. an int8 run
+    against the fp32 Caffe run): what a speed-up costs, pixel by pixel, over every scored image."""
+    agreeing = pixels = 0
+    worst = (None, 2.0)
+    for image_id, png, reference_png in zip(image_ids, prediction_pngs, reference_pngs):
+        ours, theirs = labels.read_label_png(png), labels.read_label_png(reference_png)
+        if ours.shape != theirs.shape:
+            raise SegbenchError(f"{png} is {ours.shape[1]}x{ours.shape[0]} but {reference_png} is "
+                                f"{theirs.shape[1]}x{theirs.shape[0]}; delete both and run the same command again")
+        same = int(np.count_nonzero(ours == theirs))
+        agreeing, pixels = agreeing + same, pixels + ours.size
+        if same / ours.size < worst[1]:
+            worst = (image_id, same / ours.size)
+    write_json(output, {"run": run, "reference": reference, "images": len(image_ids), "pixels": pixels,
+                        "agreeing_pixels": agreeing, "pixel_agreement": agreeing / pixels if pixels else None,
+                        "lowest_image": worst[0], "lowest_image_agreement": worst[1] if worst[0] else None})
+    log.info("%s agrees with %s on %d of %d pixels", run, reference, agreeing, pixels)

@@ -318,7 +318,8 @@ def test_changing_a_tolerance_reruns_only_the_metrics_and_what_follows(copy_of_f
     write_config(copy_of_finished, config)
     jobs = planned_jobs(copy_of_finished)
     assert jobs | {"all": 0} == {"decode": 0, "resize": 0, "inference": 0, "metrics": 3 * len(RUNS),
-                                 "aggregate": len(RUNS), "compare": 1, "plots": len(RUNS) + 1, "all": 0}
+                                 "aggregate": len(RUNS), "compare": 1, "plots": len(RUNS) + 1, "all": 0,
+                                 "export": 0, "parity": 0, "quantize": 0, "agreement": 0}
     # The default written out is the same setting: nothing to do.
     config["metrics"] = {"bf_tolerance": {"fraction_of_diagonal": 0.0075},
                          "boundary_iou_dilation": {"fraction_of_diagonal": 0.02}}

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu", "fcn-tiny-caffe-cpu-160"]
 IDS = [f"demo_{i:03d}" for i in range(12)]  # limit 12, batches of 4, shards of 5
+NO_ONNX_JOBS = {"export": 0, "parity": 0, "quantize": 0}  # these runs use no ONNX export
 
 
 def read_csv(path):
@@ -138,8 +139,10 @@ def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_fini
     config = read_config(copy_of_finished)
     config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "gpu:0"
     write_config(copy_of_finished, config)
+    # The OpenCV run's pixel agreement with the Caffe run is computed again too.
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0,
+        **NO_ONNX_JOBS, "agreement": 1}
 
     config = read_config(copy_of_finished)
     config["runs"]["fcn-tiny-caffe-cpu"]["device"] = "cpu"
@@ -149,7 +152,8 @@ def test_changing_device_or_model_reruns_inference_and_what_follows(copy_of_fini
     config["runs"]["fcn-tiny-caffe-cpu-160"]["model"] = "fcn-tiny-copy"
     write_config(copy_of_finished, config)
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0,
+        **NO_ONNX_JOBS, "agreement": 0}
     snakemake(copy_of_finished)
     same = json.loads((copy_of_finished / "results" / "fcn-tiny-caffe-cpu-160" / "summary.json").read_text())
     assert same["provenance"]["model"]["weights"] == "model/copy.caffemodel"
@@ -166,7 +170,8 @@ def test_changing_one_ground_truth_reruns_its_decoding_and_metrics_only(copy_of_
     changed.save(png)
     jobs = planned_jobs(copy_of_finished)
     assert jobs | {"all": 0} == {"decode": 1, "resize": 0, "inference": 0, "metrics": len(RUNS),
-                                 "aggregate": len(RUNS), "compare": 1, "plots": len(RUNS) + 1, "all": 0}
+                                 "aggregate": len(RUNS), "compare": 1, "plots": len(RUNS) + 1, "all": 0,
+                                 **NO_ONNX_JOBS, "agreement": 0}
     batches = batch_files(copy_of_finished / "work" / "labels")
     before = {p: p.stat().st_mtime_ns for p in batches}
     snakemake(copy_of_finished)
@@ -194,9 +199,10 @@ def test_caffe_and_opencv_agree(finished):
 def test_comparison_has_one_row_per_run(finished):
     rows = read_csv(finished / "results" / "comparison.csv")
     assert [r["run"] for r in rows] == RUNS
-    assert list(rows[0]) == ["run", "model", "backend", "backend_version", "device", "threads", "images",
-                             "pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou",
-                             "fw_iou", "boundary_iou", "mean_bf_score", "mean_forward_s", "median_forward_s",
+    assert list(rows[0]) == ["run", "model", "backend", "backend_version", "device", "precision", "threads",
+                             "images", "pixel_accuracy", "pixel_accuracy_void_as_error", "mean_accuracy", "mean_iou",
+                             "fw_iou", "boundary_iou", "mean_bf_score", "reference", "pixel_agreement",
+                             "mean_iou_diff", "mean_forward_s", "median_forward_s",
                              "p90_forward_s", "model_load_s", "images_per_s", "reshapes", "reshape_mean_s",
                              "training_images",
                              *(f"{key}_without_training_images" for key in (
@@ -222,8 +228,10 @@ def test_adding_a_run_computes_only_that_run_and_the_comparison(copy_of_finished
     config = read_config(copy_of_finished)
     config["runs"]["fcn-tiny-opencv-cpu-160"] = dict(config["runs"]["fcn-tiny-opencv-cpu"], resize=[160, 160])
     write_config(copy_of_finished, config)
+    # and its pixel agreement with its reference, the Caffe run at 160x160
     assert planned_jobs(copy_of_finished) | {"all": 0} == {
-        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0}
+        "decode": 0, "resize": 0, "inference": 3, "metrics": 3, "aggregate": 1, "compare": 1, "plots": 2, "all": 0,
+        **NO_ONNX_JOBS, "agreement": 1}
 
 
 def reordered(value):

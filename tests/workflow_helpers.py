@@ -13,8 +13,14 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 DEMO = REPO / "resources" / "demo"
 
 
-def make_workdir(path, limit=12, batch_size=4, shard_size=5):
-    """A working directory with its own copy of the demo data and model, and a config using relative paths."""
+# The demo's runs of the Caffe files themselves. Most workflow tests need no more; the runs of the
+# model's ONNX export (tests/test_onnx_workflow.py) add an export, a parity check and int8 calibration.
+CAFFE_FILE_RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu", "fcn-tiny-caffe-cpu-160"]
+
+
+def make_workdir(path, limit=12, batch_size=4, shard_size=5, runs=CAFFE_FILE_RUNS):
+    """A working directory with its own copy of the demo data and model, and a config using relative
+    paths, with the demo's `runs` (None: all of config.yaml's)."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(DEMO / "VOC", path / "VOC")
     shutil.copytree(DEMO / "fcn-tiny", path / "model")
@@ -23,6 +29,8 @@ def make_workdir(path, limit=12, batch_size=4, shard_size=5):
     config["models"]["fcn-tiny"].update(prototxt="model/deploy.prototxt", weights="model/fcn-tiny.caffemodel")
     config["batch_size"] = batch_size
     config["inference"]["shard_size"] = shard_size
+    if runs is not None:
+        config["runs"] = {name: config["runs"][name] for name in runs}
     write_config(path, config)
     return path
 
@@ -80,6 +88,8 @@ def planned_rules(workdir, *args):
 
 STEP_OF_RULE = [("decode_labels_", "decode"), ("prepare_inputs_", "resize"), ("infer_", "inference"),
                 ("score_", "metrics"), ("aggregate", "aggregate"), ("compare", "compare"),
+                ("export_onnx", "export"), ("parity", "parity"), ("calibration_inputs", "resize"),
+                ("quantize_int8", "quantize"), ("agreement", "agreement"),
                 ("plot_run", "plots"), ("all", "all")]
 
 

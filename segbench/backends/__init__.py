@@ -1,8 +1,10 @@
 """Inference backends. Each one loads a model once and runs one image at a time.
 
-A backend class takes (prototxt, weights, device, input_blob, output_blob, threads) and
-offers `check_device(device)` (a static method that refuses a device the
-build cannot use, without touching the device); `reshape(shape) -> seconds`, which shapes the
+A backend class takes keyword arguments (prototxt, weights, onnx, device, input_blob, output_blob,
+threads, precision, provider; each uses those it needs: Caffe and OpenCV the prototxt and weights,
+ONNX Runtime and OpenVINO the ONNX file the workflow exported) and offers
+`check_device(device, precision, provider)` (a static method that refuses a device, precision or
+provider that the build or the machine cannot run, without touching the device); `reshape(shape) -> seconds`, which shapes the
 net for (1, 3, H, W) inputs before a pass at a new shape; `forward(blob) -> (scores, seconds)`,
 where `blob` is a (1, 3, H, W) float32 array, `scores` are the (C, H, W) class scores (which may be
 the backend's own buffer, valid only until the next forward call) and `seconds` the time of
@@ -21,7 +23,11 @@ from .. import SegbenchError
 BACKENDS = {
     "caffe": "segbench.backends.caffe_backend:CaffeBackend",
     "opencv": "segbench.backends.opencv_backend:OpenCVBackend",
+    "onnxruntime": "segbench.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "segbench.backends.openvino_backend:OpenVINOBackend",
 }
+# Backends that run the ONNX export of a Caffe model rather than the Caffe files themselves.
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 class BackendError(SegbenchError):
@@ -59,6 +65,13 @@ def load_backend(name, **model):
     return backend_class(name)(**model)
 
 
-def check_device(name, device):
-    """Raise BackendError now if backend `name` cannot run on `device`, without touching the device."""
-    backend_class(name).check_device(device)
+def check_device(name, device, precision="fp32", provider=None):
+    """Raise BackendError now if backend `name` cannot run on `device` at `precision` (with
+    `provider`), without touching the device."""
+    backend_class(name).check_device(device, precision=precision, provider=provider)
+
+
+def refuse_precision(backend, precision, allowed):
+    if precision not in allowed:
+        raise BackendError(f"the {backend} backend runs in {', '.join(allowed)} only, not {precision}; the "
+                           f"onnxruntime and openvino backends run the model's ONNX export at other precisions")

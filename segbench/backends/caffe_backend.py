@@ -14,7 +14,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from .. import cuda
-from . import BackendError, check_model_files, parse_device
+from . import BackendError, check_model_files, parse_device, refuse_precision
 
 # The string behind Caffe's NO_GPU check exists only in CPU-only builds.
 _CPU_ONLY_MARKER = b"Cannot use GPU in CPU-only Caffe"
@@ -31,6 +31,13 @@ def cached_build():
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}-np{numpy.__version__.split('.')[0]}"
     builds = sorted(cache.glob(f"segbench-*-{tag}-*/build-info.json"), key=lambda p: p.stat().st_mtime)
     return builds[-1].parent / "python" if builds else None
+
+
+def caffe_available():
+    """Whether pycaffe can be imported here, without importing it (which takes a second)."""
+    import importlib.util
+
+    return importlib.util.find_spec("caffe") is not None or cached_build() is not None
 
 
 def import_caffe():
@@ -75,7 +82,8 @@ class CaffeBackend:
     name = "caffe"
 
     @staticmethod
-    def check_device(device):
+    def check_device(device, precision="fp32", provider=None):
+        refuse_precision("caffe", precision, ["fp32"])
         kind, index = parse_device(device)
         if kind == "gpu":
             caffe = import_caffe()
@@ -86,9 +94,10 @@ class CaffeBackend:
                 raise BackendError(refusal)
         return kind
 
-    def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None):
+    def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None,
+                 precision="fp32", **_):
         check_model_files(prototxt, weights)
-        kind = self.check_device(device)
+        kind = self.check_device(device, precision)
         caffe = import_caffe()
         if kind == "cpu" and build_info(caffe).get("cudnn"):
             # cuDNN's convolution layers set up CUDA streams even in CPU mode: without a GPU Caffe would abort.

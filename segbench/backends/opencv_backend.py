@@ -6,7 +6,7 @@ OpenCV 5 removed the Caffe importer, so requirements.txt pins opencv-python-head
 import time
 from pathlib import Path
 
-from . import BackendError, check_model_files, parse_device
+from . import BackendError, check_model_files, parse_device, refuse_precision
 
 
 def import_cv2():
@@ -46,7 +46,8 @@ class OpenCVBackend:
     name = "opencv"
 
     @staticmethod
-    def check_device(device):
+    def check_device(device, precision="fp32", provider=None):
+        refuse_precision("opencv", precision, ["fp32"])
         kind, _ = parse_device(device)
         if kind == "gpu":
             cv2 = import_cv2()
@@ -62,9 +63,10 @@ class OpenCVBackend:
                                    f"{cv2.cuda.getCudaEnabledDeviceCount()} GPU(s)")
         return kind
 
-    def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None):
+    def __init__(self, prototxt, weights, device="cpu", input_blob="data", output_blob="score", threads=None,
+                 precision="fp32", **_):
         check_model_files(prototxt, weights)
-        kind = self.check_device(device)
+        kind = self.check_device(device, precision)
         cv2 = import_cv2()
         if threads:
             cv2.setNumThreads(int(threads))

@@ -172,7 +172,9 @@ class OpenVINOBackend:
             read_back[name] = _element_type(value) if name == "INFERENCE_PRECISION_HINT" else str(value)
         prov = {
             "backend": self.name,
-            "backend_version": self.ov.get_version(),
+            # The release (as pip names it) for the tables; the full build string beside it.
+            "backend_version": _release(self.ov),
+            "backend_build": self.ov.get_version(),
             "backend_module": str(Path(self.ov.__file__).parent),
             "device": self.device,
             "ov_device": "CPU",
@@ -210,3 +212,12 @@ def runtime_precisions(compiled):
 def _last_line(error):
     text = str(error).strip()
     return text.splitlines()[-1] if text else type(error).__name__
+
+
+def _release(ov):
+    try:
+        import importlib.metadata
+
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return ov.get_version().split("-")[0]
