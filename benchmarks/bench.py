@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """segbench's speed benchmark: FCN-8s on every backend, the workflow's overhead, and planning at scale.
 
-    .venv/bin/python benchmarks/bench.py                  # everything, about 6 minutes (plus builds on first use)
+    .venv/bin/python benchmarks/bench.py                  # everything, about 12 minutes (plus builds on first use)
     .venv/bin/python benchmarks/bench.py --only backends  # or: --only workflow
 
 1. FCN-8s (the voc-fcn8s layout, deterministic random weights: benchmarks/fcn8s.py) on synthetic
    500x500 images through segbench's Caffe build, stock Caffe (the same sdist with only the build
    and >512 MiB patches: `tools/caffe/build.sh PYTHON --variant stock`, built on first use) and
-   OpenCV's DNN module. Each backend runs in its own process (benchmarks/worker.py), so that peak
+   OpenCV's DNN module, and the net's ONNX export (segbench's exporter) on ONNX Runtime and OpenVINO in
+   fp32, int8 and (where the CPU has them natively) bf16 and fp16; the reduced-precision target
+   depends on the CPU's flags (2.0x the fp32 sgemm floor with AVX-512 VNNI/BF16, 1.4x with AVX2 only).
+   Each backend runs in its own process (benchmarks/worker.py), so that peak
    memory is that backend's, and the processes take turns over --rounds rounds, so that all
    backends see the same conditions. Forward passes are timed as the workflow times them.
 2. The workflow on --workflow-images synthetic images with the bundled tiny model: the wall time of
