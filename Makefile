@@ -2,6 +2,7 @@
 # make demo    setup, then the workflow on the bundled demo (config.yaml)
 # make test    setup, then the test suite
 # make voc2012 setup, download VOC2012 and FCN-8s, score FCN-8s on seg11valid
+# make torch   setup, plus the optional torch backend (requirements-torch.txt; CI installs it)
 # make caffe-cuda-check  compile Caffe's CUDA build (with and without cuDNN) against PyPI's
 #              CUDA 13 wheels; needs no GPU (tools/caffe/cuda-compile-check.sh)
 
@@ -9,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test voc2012 caffe-cuda-check clean
+.PHONY: setup demo test torch voc2012 caffe-cuda-check clean
 
 setup: $(VENV)/.requirements-installed
 	tools/caffe/build.sh $(BIN)/python
@@ -21,6 +22,13 @@ $(VENV)/.requirements-installed: requirements.txt pyproject.toml
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# torch is an extra: PyPI's torch is a CUDA build of several GB, which only GPU users want.
+torch: setup $(VENV)/.torch-installed
+
+$(VENV)/.torch-installed: requirements-torch.txt $(VENV)/.requirements-installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-torch.txt
 	touch $@
 
 demo: setup

@@ -65,7 +65,7 @@ def validate(config):
 # The precisions each backend can run at all; whether this machine's CPU or GPU can is checked by
 # the backend before any job (segbench.backends.check_device).
 BACKEND_PRECISIONS = {"caffe": ["fp32"], "opencv": ["fp32"], "onnxruntime": ["fp32", "fp16", "int8"],
-                      "openvino": ["fp32", "bf16", "fp16", "int8"]}
+                      "openvino": ["fp32", "bf16", "fp16", "int8"], "torch": ["fp32", "tf32", "fp16", "bf16"]}
 
 
 def _run_problems(name, run, config):

@@ -39,6 +39,9 @@ def test_every_rule_environment_exists():
 
 def test_conda_environments_agree_with_requirements():
     required = pins((REPO / "requirements.txt").read_text().splitlines())
+    torch_extra = pins((REPO / "requirements-torch.txt").read_text().splitlines())
+    assert not set(required) & set(torch_extra)  # each package pinned in one place
+    required.update(torch_extra)
     for env in sorted((REPO / "envs").glob("*.yaml")):
         for name, version in env_pins(env).items():
             if name == "python":

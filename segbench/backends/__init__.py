@@ -25,7 +25,9 @@ BACKENDS = {
     "opencv": "segbench.backends.opencv_backend:OpenCVBackend",
     "onnxruntime": "segbench.backends.onnxruntime_backend:OnnxRuntimeBackend",
     "openvino": "segbench.backends.openvino_backend:OpenVINOBackend",
+    "torch": "segbench.backends.torch_backend:TorchBackend",
 }
+OPTIONAL_INSTALL = {"torch": "run 'make torch' (requirements-torch.txt), which installs PyTorch into .venv"}
 # Backends that run the ONNX export of a Caffe model rather than the Caffe files themselves.
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 
@@ -57,7 +59,13 @@ def backend_class(name):
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
     module_name, _, class_name = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        # An optional runtime that is not installed (torch: `make torch`), named before any job runs.
+        raise BackendError(f"the {name} backend cannot be loaded: {error}; "
+                           f"{OPTIONAL_INSTALL.get(name, 'run make setup')}") from None
+    return getattr(module, class_name)
 
 
 def load_backend(name, **model):
