@@ -173,6 +173,81 @@ def _fill(net, seed):
             blobs[1].data[...] = rng.standard_normal(blobs[1].data.shape, dtype=np.float32) * np.float32(0.01)
 
 
+def param_shapes():
+    """[(layer name, [shape of each weight blob])] of the layers with weights, in net order: what
+    pycaffe's net.params holds for this prototxt (Convolution: (out, in, k, k) and (out,);
+    Deconvolution without bias: (in, out, k, k))."""
+    import re
+
+    channels = {"data": 3}
+    shapes = []
+    for block in re.findall(r"layer \{.*?\n(?:  .*\n)*", prototxt()):
+        name = re.search(r'name: "([^"]+)"', block).group(1)
+        kind = re.search(r'type: "([^"]+)"', block).group(1)
+        bottoms = re.findall(r'bottom: "([^"]+)"', block)
+        top = re.search(r'top: "([^"]+)"', block).group(1)
+        if kind == "Input":
+            continue
+        c = channels[bottoms[0]]
+        if kind in ("Convolution", "Deconvolution"):
+            out = int(re.search(r"num_output: (\d+)", block).group(1))
+            k = int(re.search(r"kernel_size: (\d+)", block).group(1))
+            if kind == "Convolution":
+                shapes.append((name, [(out, c, k, k), (out,)]))
+            else:
+                shapes.append((name, [(c, out, k, k)]))
+            c = out
+        channels[top] = c
+    return shapes
+
+
+def write_weights_without_caffe(path, seed=SEED):
+    """The same weights as ensure_model() generates through pycaffe (the same generator, drawn in the
+    same order), written with segbench's own Caffe protobuf classes: for machines without pycaffe
+    (a GPU machine that runs the torch backend). The values are equal; the file's bytes are not
+    (pycaffe also writes the layers without weights)."""
+    import numpy as np
+
+    from segbench.caffe_proto import message_class
+
+    rng = np.random.default_rng(seed)
+    net = message_class("NetParameter")()
+    net.name = "FCN-8s"
+    for name, blob_shapes in param_shapes():
+        layer = net.layer.add()
+        layer.name = name
+        layer.type = "Deconvolution" if name.startswith("upscore") else "Convolution"
+        for i, shape in enumerate(blob_shapes):
+            if i == 0:
+                fan_in = shape[0] * 4 if name.startswith("upscore") else int(np.prod(shape[1:]))
+                values = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+            else:
+                values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01)
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(shape)
+            blob.data.extend(values.ravel())
+    tmp = Path(path).with_suffix(".part")
+    tmp.write_bytes(net.SerializeToString())
+    os.replace(tmp, path)
+
+
+def ensure_model_without_caffe(log=print):
+    """(prototxt, weights) of the benchmark net written without pycaffe (write_weights_without_caffe),
+    cached beside the pycaffe-made one."""
+    text = prototxt()
+    key = hashlib.sha256(f"{text}\nseed={SEED}\nv={GENERATOR_VERSION}".encode()).hexdigest()[:12]
+    folder = cache_dir() / f"fcn8s-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    proto, weights = folder / "deploy.prototxt", folder / "fcn8s-random-nocaffe.caffemodel"
+    if not proto.is_file() or proto.read_text() != text:
+        proto.write_text(text)
+    if not weights.is_file():
+        start = time.perf_counter()
+        write_weights_without_caffe(weights)
+        log(f"wrote {weights} without pycaffe in {time.perf_counter() - start:.1f} s")
+    return proto, weights
+
+
 def ensure_model(caffe=None, log=print):
     """Paths (prototxt, caffemodel) of the benchmark net, generating the weights if needed.
 

@@ -58,7 +58,7 @@ def reset_peak():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("backend", choices=["caffe", "opencv", "onnxruntime", "openvino"])
+    parser.add_argument("backend", choices=["caffe", "opencv", "onnxruntime", "openvino", "torch"])
     parser.add_argument("prototxt")
     parser.add_argument("weights")
     parser.add_argument("--images", type=int, default=5)

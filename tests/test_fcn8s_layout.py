@@ -51,3 +51,31 @@ def test_fcn8s_layout_runs_through_both_backends_at_any_size(tmp_path):
                 predictions[run, image_id] = np.asarray(image)
     agree = np.mean([(predictions["fcn8s-caffe", i] == predictions["fcn8s-opencv", i]).mean() for i in ids])
     assert agree >= 0.99
+
+
+def test_weights_written_without_caffe_have_pycaffes_shapes_and_values(tmp_path):
+    """The writer for machines without pycaffe draws the same values as pycaffe's; here on a
+    narrower copy of the layout (the real one is 538 MB), with pycaffe as the reference."""
+    from segbench.backends.caffe_backend import import_caffe
+    from segbench.caffe_model import load_net
+
+    caffe = import_caffe()
+    narrow = fcn8s.prototxt().replace("num_output: 4096", "num_output: 16").replace("num_output: 512", "num_output: 8")
+    original = fcn8s.prototxt
+    fcn8s.prototxt = lambda: narrow
+    try:
+        proto = tmp_path / "deploy.prototxt"
+        proto.write_text(narrow)
+        net = caffe.Net(str(proto), caffe.TEST)
+        assert [(name, [tuple(b.data.shape) for b in blobs]) for name, blobs in net.params.items()] == \
+            [(name, [tuple(s) for s in shapes]) for name, shapes in fcn8s.param_shapes()]
+        fcn8s._fill(net, 5)
+        net.save(str(tmp_path / "pycaffe.caffemodel"))
+        fcn8s.write_weights_without_caffe(tmp_path / "own.caffemodel", seed=5)
+    finally:
+        fcn8s.prototxt = original
+    ours = {layer.name: layer.blobs for layer in load_net(proto, tmp_path / "own.caffemodel").layers if layer.blobs}
+    theirs = {layer.name: layer.blobs for layer in load_net(proto, tmp_path / "pycaffe.caffemodel").layers if layer.blobs}
+    assert ours.keys() == theirs.keys() and len(ours) == 21
+    for name in ours:
+        assert all(np.array_equal(a, b) for a, b in zip(ours[name], theirs[name], strict=True)), name
