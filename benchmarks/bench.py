@@ -54,6 +54,9 @@ BACKENDS = {  # label -> (segbench backend, Caffe build variant or None, precisi
     "openvino-int8": ("openvino", None, "int8"),
     "openvino-bf16": ("openvino", None, "bf16"),
     "openvino-fp16": ("openvino", None, "fp16"),
+    # The net built in PyTorch from the Caffe files (`make torch`; left out where torch is not installed).
+    "torch": ("torch", None, "fp32"),
+    "torch-bf16": ("torch", None, "bf16"),
 }
 ONE_RUN = ["fcn-tiny-caffe-cpu"]
 DEMO_RUNS = ["fcn-tiny-caffe-cpu", "fcn-tiny-opencv-cpu", "fcn-tiny-caffe-cpu-160"]
@@ -227,11 +230,16 @@ def reduced_precision_plan(args, mach, size, prototxt, weights, report):
     print(f"\nreduced precisions: {case}")
     print("  native on this CPU: " + ", ".join(f"{p} ({how})" for p, how in native.items()) if native else
           "  native on this CPU: none")
+    import importlib.util
+
     labels = []
     for label in args.backends:
         precision = BACKENDS[label][2]
         if precision in ("bf16", "fp16") and precision not in native:
             print(f"  {label}: not run, {precision} is not native on this CPU")
+            continue
+        if BACKENDS[label][0] == "torch" and importlib.util.find_spec("torch") is None:
+            print(f"  {label}: not run, torch is not installed (make torch)")
             continue
         labels.append(label)
     onnx_files = {}
