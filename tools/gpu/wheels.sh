@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 PY=${1:-.venv/bin/python}
 OUT=.gpu-wheels
 # On the GPU machine already (its own versions), or not needed by the workflow there.
-HAVE='numpy|pillow|pandas|PyYAML|scipy|scikit-learn|pytest|onnx|onnxruntime|openvino|openvino-telemetry|opencv-python-headless|playwright|greenlet|pyee|protobuf|ml_dtypes|flatbuffers|joblib|threadpoolctl|iniconfig|pluggy|python-dateutil|six|tzdata|packaging|typing_extensions|Pygments|imgviz|cmap'
+HAVE='numpy|pillow|pandas|PyYAML|scipy|scikit-learn|pytest|onnx|onnxruntime|openvino|openvino-telemetry|opencv-python-headless|playwright|greenlet|pyee|protobuf|ml_dtypes|flatbuffers|joblib|threadpoolctl|iniconfig|pluggy|python-dateutil|six|tzdata|typing_extensions|Pygments|imgviz|cmap'
 mkdir -p "$OUT"
 list=$(mktemp)
 grep -v '^#' requirements.txt | grep -v -i -E "^($HAVE)==" | grep -v '^connection_pool==' > "$list"
