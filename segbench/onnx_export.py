@@ -18,6 +18,7 @@ import numpy as np
 
 from . import SegbenchError, __version__
 from .caffe_model import CaffeModelError, load_net
+from .provenance import sha256_file
 
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17 (ONNX 1.12): read by onnxruntime and OpenVINO alike
@@ -659,11 +660,6 @@ def interp_output_size(height, width, p, like_hw=None):
     return tuple(out)
 
 
-def _sha256(path):
-    from .provenance import sha256_file
-    return sha256_file(path)
-
-
 def build_model(prototxt, weights, input_blob="data", output_blob="score", dtype="float32"):
     """The onnx.ModelProto of a Caffe net, and the layer map (no file written)."""
     if dtype not in ("float32", "float16"):
@@ -688,9 +684,9 @@ def export_onnx(prototxt, weights, output_path, input_blob="data", output_blob="
     model, layer_outputs, net = build_model(prototxt, weights, input_blob, output_blob, dtype)
     metadata = {
         "source_prototxt": str(prototxt),
-        "source_prototxt_sha256": _sha256(prototxt),
+        "source_prototxt_sha256": sha256_file(prototxt),
         "source_weights": str(weights) if weights is not None else "",
-        "source_weights_sha256": _sha256(weights) if weights is not None else "",
+        "source_weights_sha256": sha256_file(weights) if weights is not None else "",
         "segbench_exporter": EXPORTER_VERSION,
         "segbench_dtype": dtype,
         "segbench_layer_outputs": json.dumps(layer_outputs),

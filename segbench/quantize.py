@@ -10,7 +10,6 @@ METADATA_PREFIX), and quantization_metadata() reads it back for the backends' pr
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import SegbenchError, cpu
+from .provenance import sha256_file
 
 METADATA_PREFIX = "segbench.int8."
 METHODS = ("minmax", "entropy", "percentile")
@@ -27,14 +27,6 @@ METHODS = ("minmax", "entropy", "percentile")
 
 class QuantizeError(SegbenchError):
     pass
-
-
-def _sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def auto_reduce_range(flags=None):
@@ -285,7 +277,7 @@ def quantize_int8(onnx_in, onnx_out, calibration_blobs, method="minmax", per_cha
             "onnxruntime_version": onnxruntime.__version__,
             "quantized_on_cpu": cpu.cpu_model_name(),
             "source_onnx": str(onnx_in),
-            "source_onnx_sha256": _sha256(onnx_in),
+            "source_onnx_sha256": sha256_file(onnx_in),
         }
         model = onnx.load(str(quantized))
         kept = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]

@@ -5,7 +5,6 @@ initialise, which would make a "GPU" timing a CPU one; so the provider is checke
 session is made and again in the session itself.
 """
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import psutil
 
 from .. import cpu, cuda
+from ..provenance import sha256_file
 from . import BackendError, parse_device
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -29,14 +29,6 @@ def import_onnxruntime():
         raise BackendError(f"cannot import onnxruntime ({error}); pip install onnxruntime (CPU) or "
                            f"onnxruntime-gpu (CUDA and TensorRT)") from None
     return onnxruntime
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_onnx_file(path):

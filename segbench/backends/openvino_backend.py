@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import cpu
 from . import BackendError, parse_device
-from .onnxruntime_backend import check_onnx_file, sha256_file
+from ..provenance import sha256_file
+from .onnxruntime_backend import check_onnx_file
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 # Element types as the compiled model reports them, per precision asked for.
