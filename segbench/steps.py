@@ -63,22 +63,35 @@ def check_scores(scores, num_classes, model, image_id):
     than 256 channels would even wrap around in the uint8 label map), and a NaN score would
     silently become a class.
     """
-    if num_classes is not None and scores.shape[0] != num_classes:
-        raise ModelOutputError(
-            f"{model['prototxt']} ({model['weights']}): output blob {model['output_blob']!r} has "
-            f"{scores.shape[0]} channels (classes) but dataset.num_classes is {num_classes}; "
-            f"use a model trained for this dataset's classes, or correct dataset.num_classes")
     # A sum is far cheaper than isfinite() over every score, and any NaN or infinity makes it
     # non-finite; only then is every score looked at (a sum of huge finite scores can overflow).
+    non_finite = 0
     if not np.isfinite(scores.sum(dtype=np.float32)) and not np.isfinite(scores).all():
-        bad = ~np.isfinite(scores)
+        non_finite = int((~np.isfinite(scores)).sum())
+    check_output(scores.shape[0], non_finite, num_classes, model, image_id)
+
+
+def check_output(channels, non_finite, num_classes, model, image_id):
+    if num_classes is not None and channels != num_classes:
         raise ModelOutputError(
-            f"{image_id}: the model ({model['prototxt']}) gave {int(bad.sum())} NaN or infinite "
+            f"{model['prototxt']} ({model['weights']}): output blob {model['output_blob']!r} has "
+            f"{channels} channels (classes) but dataset.num_classes is {num_classes}; "
+            f"use a model trained for this dataset's classes, or correct dataset.num_classes")
+    if non_finite:
+        raise ModelOutputError(
+            f"{image_id}: the model ({model['prototxt']}) gave {non_finite} NaN or infinite "
             f"score(s) (output blob {model['output_blob']!r}); its weights or its input are broken")
 
 
 def predict(backend, blob, source_hw, model, num_classes=None, image_id="image"):
-    """Class labels at `source_hw` for one network input blob, and the forward time in seconds."""
+    """Class labels at `source_hw` for one network input blob, and the forward time in seconds.
+
+    A backend whose scores live on a GPU (classes_on_device) resizes them and takes the argmax
+    there, the same computation, and sends back only the class map."""
+    if getattr(backend, "classes_on_device", False):
+        classes, seconds, channels, non_finite = backend.forward_classes(blob, tuple(source_hw))
+        check_output(channels, non_finite, num_classes, model, image_id)
+        return classes, seconds
     scores, seconds = backend.forward(blob)
     check_scores(scores, num_classes, model, image_id)
     # Scores, not labels, are brought back to the image's own size (bilinear), then the argmax.

@@ -289,3 +289,43 @@ def test_gpu_agrees_with_caffe(demo_caffe_scores, precision):
     prov = backend.provenance()
     assert prov["cudnn_benchmark"] is True and prov["gpu_memory_peak_mb"] > 0 and prov["gpu_name"]
     assert prov["cudnn_allow_tf32"] is False or precision == "tf32"
+
+
+@pytest.mark.parametrize("network_hw", [None, (160, 160), (320, 288)])
+def test_classes_taken_where_the_scores_are_match_the_hosts(network_hw):
+    """forward_classes (used on GPUs: resize and argmax on the device, only the class map copied
+    back) gives predict()'s host path: Pillow's bilinear resize of the scores, then the argmax.
+    Here on the CPU, with the scores at the photo's size, grown (160x160) and shrunk (320x288)."""
+    from segbench import images, steps
+
+    backend = TorchBackend(prototxt=DEMO_PROTOTXT, weights=DEMO_WEIGHTS, threads=1)
+    assert not backend.classes_on_device  # the CPU keeps the host path
+    model = {"prototxt": str(DEMO_PROTOTXT), "weights": str(DEMO_WEIGHTS), "output_blob": "score"}
+    same = total = 0
+    for name in ("demo_000", "demo_003", "demo_007"):
+        rgb = images.read_image(REPO / "resources" / "demo" / "VOC" / "JPEGImages" / f"{name}.jpg")
+        source_hw = rgb.shape[:2]
+        fed = rgb if network_hw is None else images.resize_image(rgb, network_hw)
+        blob = images.to_network_input(fed, [104.00698793, 116.66876762, 122.67891434], 1.0, "BGR")
+        host, _ = steps.predict(backend, blob, source_hw, model, 21, name)
+        device, seconds, channels, non_finite = backend.forward_classes(blob, source_hw)
+        assert device.dtype == np.uint8 and device.shape == host.shape == source_hw
+        assert channels == 21 and non_finite == 0 and seconds > 0
+        same, total = same + int((device == host).sum()), total + host.size
+    assert same / total >= 0.9995, same / total
+
+
+def test_predict_takes_device_classes_and_still_refuses_bad_outputs(monkeypatch):
+    from segbench import steps
+
+    backend = TorchBackend(prototxt=DEMO_PROTOTXT, weights=DEMO_WEIGHTS, threads=1)
+    monkeypatch.setattr(TorchBackend, "classes_on_device", property(lambda self: True))
+    model = {"prototxt": str(DEMO_PROTOTXT), "weights": str(DEMO_WEIGHTS), "output_blob": "score"}
+    blob = np.zeros((1, 3, 40, 48), np.float32)
+    classes, _ = steps.predict(backend, blob, (40, 48), model, 21, "x")
+    assert classes.shape == (40, 48)
+    with pytest.raises(steps.ModelOutputError, match="21 channels .* dataset.num_classes is 19"):
+        steps.predict(backend, blob, (40, 48), model, 19, "x")
+    # every score of 21 classes x 40 x 48
+    with pytest.raises(steps.ModelOutputError, match="x: the model .* gave 40320 NaN or infinite"):
+        steps.predict(backend, np.full((1, 3, 40, 48), np.nan, np.float32), (40, 48), model, 21, "x")

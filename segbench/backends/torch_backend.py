@@ -198,23 +198,53 @@ class TorchBackend:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _timed_pass(self, blob):
+        """The output tensor (on the device) and the seconds of the pass alone."""
+        torch = self.torch
+        x = self._input(blob)
+        if self.kind == "gpu":
+            torch.cuda.synchronize(self.torch_device)
+        start = time.perf_counter()
+        out = self.module(x)
+        if self.kind == "gpu":
+            torch.cuda.synchronize(self.torch_device)
+        seconds = time.perf_counter() - start
+        if out.dim() != 4 or out.shape[0] != 1:
+            raise BackendError(f"{self.prototxt}: output blob {self.output_blob!r} has shape "
+                               f"{tuple(out.shape)}; expected (1, classes, height, width)")
+        return out, seconds
+
     def forward(self, blob):
         torch = self.torch
         with torch.inference_mode():
-            x = self._input(blob)
-            if self.kind == "gpu":
-                torch.cuda.synchronize(self.torch_device)
-            start = time.perf_counter()
-            out = self.module(x)
-            if self.kind == "gpu":
-                torch.cuda.synchronize(self.torch_device)
-            seconds = time.perf_counter() - start
-            if out.dim() != 4 or out.shape[0] != 1:
-                raise BackendError(f"{self.prototxt}: output blob {self.output_blob!r} has shape "
-                                   f"{tuple(out.shape)}; expected (1, classes, height, width)")
+            out, seconds = self._timed_pass(blob)
             # After the clock: back to float32, NCHW and the host.
             scores = out[0].to(torch.float32).contiguous().cpu().numpy()
         return scores, seconds
+
+    @property
+    def classes_on_device(self):
+        """Whether segbench.steps.predict should take the classes from forward_classes: on a GPU,
+        where the host's argmax over the scores and their copy back would cost more than the pass."""
+        return self.kind == "gpu"
+
+    def forward_classes(self, blob, size_hw):
+        """(classes (H, W) uint8 at size_hw, seconds of the pass, channels, non-finite score count):
+        what predict() computes on the host from forward()'s scores (bilinear resize of the scores,
+        the same filter as Pillow's, then the lowest class among equal maxima), computed where the
+        scores are, so that only the class map comes back."""
+        torch = self.torch
+        with torch.inference_mode():
+            out, seconds = self._timed_pass(blob)
+            scores = out.to(torch.float32)
+            non_finite = int((~torch.isfinite(scores)).sum())
+            if tuple(scores.shape[2:]) != tuple(size_hw):
+                # antialias reproduces Pillow's BILINEAR when shrinking (it widens the filter);
+                # growing is plain half-pixel bilinear in both.
+                scores = torch.nn.functional.interpolate(scores, size=tuple(size_hw), mode="bilinear",
+                                                         align_corners=False, antialias=True)
+            classes = scores[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+        return classes, seconds, int(out.shape[1]), non_finite
 
     def provenance(self):
         torch = self.torch
