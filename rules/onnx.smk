@@ -3,7 +3,10 @@
 # for that check and do not start when it fails.
 
 ONNX_MODELS = sorted({config["runs"][_r]["model"] for _r in P.onnx_runs(config)})
-PARITY_MODELS = P.parity_models(config)
+try:
+    PARITY_MODELS = P.parity_models(config)
+except SegbenchError as error:
+    raise WorkflowError(f"segbench: {error}") from None
 ONNX_SETTINGS = config["onnx"]
 
 

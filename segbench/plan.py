@@ -94,11 +94,17 @@ def parity_models(config):
     if setting == "off":
         return []
     models = list(dict.fromkeys(config["runs"][name]["model"] for name in onnx_runs(config)))
-    if models and setting == "auto":
-        from .backends.caffe_backend import caffe_available
+    if not models:
+        return []
+    from .backends.caffe_backend import caffe_available
 
-        return models if caffe_available() else []
-    return models
+    if caffe_available():
+        return models
+    if setting == "required":
+        raise ConfigError("onnx.parity is required, but pycaffe cannot be imported here to run the models in "
+                          "Caffe; run 'make setup' (which builds it), or set onnx.parity: auto to run the ONNX "
+                          "exports unchecked")
+    return []
 
 
 def parity_resize(config, model):

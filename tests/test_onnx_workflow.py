@@ -4,13 +4,15 @@ calibration, the ONNX Runtime and OpenVINO backends, and the comparison table's 
 import csv
 import hashlib
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from segbench import cpu
-from workflow_helpers import make_workdir, planned_rules, read_config, snakemake, write_config
+from workflow_helpers import make_workdir, planned_rules, read_config, snakemake, snakemake_command, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -178,3 +180,44 @@ def test_parity_failure_stops_the_onnx_runs(tmp_path):
     assert not failed["passed"] and failed["first_diverging_layer"] == "conv1"
     assert not (workdir / "results" / "models" / "fcn-tiny" / "parity.json").exists()
     assert not (workdir / "results" / "fcn-tiny-onnxruntime-cpu" / "predictions").exists()
+
+
+BLOCK_CAFFE = '''import sys
+
+
+class _NoCaffe:
+    """Stands in for a machine without a Caffe build: `import caffe` fails."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "caffe" or name.startswith("caffe."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+
+sys.meta_path.insert(0, _NoCaffe())
+'''
+
+
+def test_onnx_runs_without_pycaffe(tmp_path):
+    """A user with a Caffe model and no Caffe build: the workflow exports, runs and scores the ONNX
+    runs (no parity check: it needs Caffe), and refuses to plan when the check is required."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(BLOCK_CAFFE)
+    env = {**os.environ, "PYTHONPATH": str(block), "SEGBENCH_CACHE": str(tmp_path / "no-cache")}
+    workdir = make_workdir(tmp_path / "w", limit=4, runs=["fcn-tiny-onnxruntime-cpu", "fcn-tiny-openvino-cpu-int8"])
+    result = subprocess.run([*snakemake_command(workdir)], capture_output=True, text=True, env=env, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "work" / "models" / "fcn-tiny" / "fp32.onnx").is_file()
+    assert not (workdir / "results" / "models").exists()  # no parity report without Caffe
+    table = read_csv(workdir / "results" / "comparison.csv")
+    assert set(table) == {"fcn-tiny-onnxruntime-cpu", "fcn-tiny-openvino-cpu-int8"}
+    assert table["fcn-tiny-openvino-cpu-int8"]["reference"] == "fcn-tiny-onnxruntime-cpu"
+    assert float(table["fcn-tiny-openvino-cpu-int8"]["pixel_agreement"]) >= 0.98
+    config = read_config(workdir)
+    config["onnx"]["parity"] = "required"
+    write_config(workdir, config)
+    refused = subprocess.run([*snakemake_command(workdir), "--dry-run"], capture_output=True, text=True, env=env,
+                             cwd=workdir)
+    assert refused.returncode != 0
+    assert "onnx.parity is required, but pycaffe cannot be imported" in refused.stdout + refused.stderr

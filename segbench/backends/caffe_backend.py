@@ -37,7 +37,12 @@ def caffe_available():
     """Whether pycaffe can be imported here, without importing it (which takes a second)."""
     import importlib.util
 
-    return importlib.util.find_spec("caffe") is not None or cached_build() is not None
+    try:
+        if importlib.util.find_spec("caffe") is not None:
+            return True
+    except (ImportError, ValueError):  # an import hook that refuses it, or a broken module
+        return False
+    return cached_build() is not None
 
 
 def import_caffe():
