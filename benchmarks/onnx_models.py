@@ -35,9 +35,12 @@ def _fresh(path, source):
 
 def ensure_onnx(prototxt, weights, log=print):
     """The fp32 ONNX export of the benchmark net (made once, then cached)."""
-    from segbench.onnx_export import export_onnx
+    import hashlib
 
-    path = Path(weights).with_name("fcn8s-random.onnx")
+    from segbench.onnx_export import EXPORTER_VERSION, export_onnx
+
+    # One file per exporter version: a new exporter exports again.
+    path = Path(weights).with_name(f"fcn8s-random-{hashlib.sha256(EXPORTER_VERSION.encode()).hexdigest()[:8]}.onnx")
     if not _fresh(path, weights):
         start = time.perf_counter()
         export_onnx(prototxt, weights, path)

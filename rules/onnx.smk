@@ -2,6 +2,8 @@
 # variants, and the check that the export computes what Caffe computes: the model's ONNX runs wait
 # for that check and do not start when it fails.
 
+from segbench.onnx_export import EXPORTER_VERSION
+
 ONNX_MODELS = sorted({config["runs"][_r]["model"] for _r in P.onnx_runs(config)})
 try:
     PARITY_MODELS = P.parity_models(config)
@@ -30,6 +32,8 @@ if ONNX_MODELS:
             input_blob=lambda w: model_spec(w)["input_blob"],
             output_blob=lambda w: model_spec(w)["output_blob"],
             dtype=lambda w: {"fp32": "float32", "fp16": "float16"}[w.dtype],
+            # A new exporter re-exports (Snakemake does not follow the code of imported modules).
+            exporter=EXPORTER_VERSION,
         wildcard_constraints:
             model="|".join(re.escape(m) for m in ONNX_MODELS),
             dtype="fp32|fp16",

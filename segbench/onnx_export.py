@@ -22,7 +22,7 @@ from .provenance import sha256_file
 
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17 (ONNX 1.12): read by onnxruntime and OpenVINO alike
-EXPORTER_VERSION = f"segbench-onnx-export 1 (segbench {__version__})"
+EXPORTER_VERSION = f"segbench-onnx-export 2 (segbench {__version__})"
 
 
 class ExportError(SegbenchError):
@@ -346,8 +346,14 @@ class _Exporter:
         right = g.node("Max", [g.node("Sub", [g.node("Add", [g.node("Mul", [last, s]), k]),
                                               g.node("Add", [size, pd])]), g.ints([0, 0])])
         pads = g.node("Concat", [g.ints([0, 0]), pd, g.ints([0, 0]), right], axis=0)
-        fill = g.const(np.array(-np.inf if p.pool == 0 else 0.0), "pool_fill")
-        padded = g.node("Pad", [x, pads, fill], f"{layer.tops[0]}_padded", mode="constant")
+        if p.pool == 0:
+            # MAX: repeat the edge rows and columns. Every window holds at least one real row and
+            # column, and with them the edge value it would repeat, so no maximum changes; unlike
+            # padding with -inf, every tensor stays finite for int8 calibration's histograms.
+            padded = g.node("Pad", [x, pads], f"{layer.tops[0]}_padded", mode="edge")
+        else:
+            fill = g.const(np.array(0.0), "pool_fill")
+            padded = g.node("Pad", [x, pads, fill], f"{layer.tops[0]}_padded", mode="constant")
         pooled = g.node("MaxPool" if p.pool == 0 else "AveragePool", [padded], f"{layer.tops[0]}_pool",
                         kernel_shape=list(kernel), strides=list(stride))
         # The right pad exceeds what the O windows need only where it was clamped at 0 (floor
