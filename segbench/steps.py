@@ -3,6 +3,7 @@
 The Snakemake scripts only unpack their job's files and settings and call these.
 """
 
+import contextlib
 import logging
 
 import numpy as np
@@ -143,6 +144,34 @@ def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, b
             scores, _ = net.forward(first)
         check_scores(scores, num_classes, model, image_ids[order[0]])
     records = [None] * len(image_ids)
+    with _prediction_writer(getattr(net, "classes_on_device", False)) as write_png:
+        _predict_shard(net, image_ids, loaded, prediction_pngs, order, shaped_for, model, num_classes, records,
+                       write_png)
+    write_json(shard_out, {"provenance": {**net.provenance(), **provenance.machine(device)},
+                           "model_load_s": net.load_seconds,
+                           "warmup": warmup, "images": records})
+
+
+@contextlib.contextmanager
+def _prediction_writer(in_background):
+    """write_png(path, classes). With the passes on a GPU, a thread writes the PNGs (zlib lets go of
+    the GIL) while the next pass runs, so that the host keeps up with passes of a millisecond or two;
+    on a CPU the passes use every core and a writer beside them would disturb their timing. Every
+    write has finished, and its error (a full disk) has been raised, when the block ends."""
+    if not in_background:
+        yield labels.write_label_png
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as pool:
+        yield lambda path, classes: pending.append(pool.submit(labels.write_label_png, path, classes))
+    for future in pending:
+        future.result()
+
+
+def _predict_shard(net, image_ids, loaded, prediction_pngs, order, shaped_for, model, num_classes, records,
+                   write_png):
     for k in order:
         image_id, (image, source_hw), png = image_ids[k], loaded[k], prediction_pngs[k]
         blob = images.to_network_input(image, model["mean"], model["scale"], model["channel_order"])
@@ -153,13 +182,10 @@ def run_inference(image_ids, input_batches, prediction_pngs, shard_out, model, b
         prediction, seconds = predict(net, blob, source_hw, model, num_classes, image_id)
         # What a new shape costs: re-shaping and the first pass at it, beyond a pass on a shaped net.
         reshape_s = None if first_pass_s is None else first_pass_s - seconds
-        labels.write_label_png(png, prediction)
+        write_png(png, prediction)
         records[k] = {"id": image_id, "forward_s": seconds, "reshape_s": reshape_s,
                       "input_height": int(image.shape[0]), "input_width": int(image.shape[1])}
         log.info("%s: forward %.4f s", image_id, seconds)
-    write_json(shard_out, {"provenance": {**net.provenance(), **provenance.machine(device)},
-                           "model_load_s": net.load_seconds,
-                           "warmup": warmup, "images": records})
 
 
 def score_images(image_ids, label_batches, prediction_pngs, label_pngs, output, num_classes, ignore_label,

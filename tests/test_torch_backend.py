@@ -329,3 +329,29 @@ def test_predict_takes_device_classes_and_still_refuses_bad_outputs(monkeypatch)
     # every score of 21 classes x 40 x 48
     with pytest.raises(steps.ModelOutputError, match="x: the model .* gave 40320 NaN or infinite"):
         steps.predict(backend, np.full((1, 3, 40, 48), np.nan, np.float32), (40, 48), model, 21, "x")
+
+
+def test_inference_job_with_classes_on_the_device_writes_the_same_predictions(tmp_path, monkeypatch):
+    """The GPU path of an inference job (classes from forward_classes, PNGs written by a thread while
+    the next pass runs), here on the CPU: the same prediction files as the host path, every one."""
+    import json
+
+    from segbench import steps
+
+    ids = ["demo_000", "demo_001", "demo_002", "demo_005"]
+    photos = [REPO / "resources" / "demo" / "VOC" / "JPEGImages" / f"{i}.jpg" for i in ids]
+    steps.prepare_inputs(ids, photos, tmp_path / "inputs.npz", None)
+    model = {"prototxt": str(DEMO_PROTOTXT), "weights": str(DEMO_WEIGHTS), "mean": [104.00698793, 116.66876762,
+             122.67891434], "scale": 1.0, "channel_order": "BGR", "input_blob": "data", "output_blob": "score"}
+
+    def job(folder):
+        pngs = [tmp_path / folder / f"{i}.png" for i in ids]
+        steps.run_inference(ids, [tmp_path / "inputs.npz"], pngs, tmp_path / folder / "shard.json", model, "torch",
+                            "cpu", 1, threads=1, num_classes=21)
+        return [p.read_bytes() for p in pngs], json.loads((tmp_path / folder / "shard.json").read_text())
+
+    host, _ = job("host")
+    monkeypatch.setattr(TorchBackend, "classes_on_device", property(lambda self: True))
+    device, shard = job("device")
+    assert device == host
+    assert [r["id"] for r in shard["images"]] == ids and all(r["forward_s"] > 0 for r in shard["images"])
