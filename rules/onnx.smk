@@ -2,8 +2,6 @@
 # variants, and the check that the export computes what Caffe computes: the model's ONNX runs wait
 # for that check and do not start when it fails.
 
-from segbench.onnx_export import EXPORTER_VERSION
-
 ONNX_MODELS = sorted({config["runs"][_r]["model"] for _r in P.onnx_runs(config)})
 try:
     PARITY_MODELS = P.parity_models(config)
@@ -21,6 +19,8 @@ def parity_ids():
 
 
 if ONNX_MODELS:
+    # Imported only here: every job parses this file, and most configurations have no ONNX run.
+    from segbench.onnx_export import EXPORTER_VERSION
 
     rule export_onnx:
         input:
