@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import SegbenchError, __version__
-from .caffe_model import CaffeModelError, load_net
+from .caffe_layers import LayerReader
+from .caffe_model import load_net
 from .provenance import sha256_file
 
 OPSET = 17
@@ -27,31 +28,6 @@ EXPORTER_VERSION = f"segbench-onnx-export 2 (segbench {__version__})"
 
 class ExportError(SegbenchError):
     """A net that cannot be exported faithfully: the message names the prototxt and layer."""
-
-
-def _pair(param, name, default, split=True):
-    """(h, w) of a 2-D Convolution/Pooling setting: `name` (repeated or single) or name_h/name_w."""
-    if split and (param.HasField(f"{name}_h") or param.HasField(f"{name}_w")):
-        return int(getattr(param, f"{name}_h")), int(getattr(param, f"{name}_w"))
-    field = param.DESCRIPTOR.fields_by_name[name]
-    if not field.is_repeated:
-        if default is None and not param.HasField(name):
-            return None, None
-        return int(getattr(param, name)), int(getattr(param, name))
-    values = [int(v) for v in getattr(param, name)]
-    if not values:
-        return default, default
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise ValueError(f"{name} has {len(values)} values; only 2-D (N, C, H, W) layers are supported")
-
-
-def _kernel(param):
-    if param.HasField("kernel_h") or param.HasField("kernel_w"):
-        return int(param.kernel_h), int(param.kernel_w)
-    return _pair(param, "kernel_size", None, split=False)
 
 
 class _Graph:
@@ -109,55 +85,26 @@ class _Graph:
         return out
 
 
-class _Exporter:
+class _Exporter(LayerReader):
+    error = ExportError
+    engine = "segbench's ONNX exporter"
+
     def __init__(self, net, input_blob, output_blob, dtype):
-        self.net = net
-        self.path = net.weights or net.prototxt
-        self.input_blob, self.output_blob = input_blob, output_blob
+        super().__init__(net, input_blob, output_blob)
         self.g = _Graph(dtype, reserved=[input_blob, output_blob])
         self.tensor = {}  # Caffe blob name -> ONNX tensor holding its current value
         self.layer_outputs = {}
 
     # ------------------------------------------------------------------ helpers
 
-    def fail(self, layer, what):
-        raise ExportError(f"{self.net.prototxt}: layer {layer.name!r} (type {layer.type}): {what}")
-
-    def bottoms(self, layer, count=None, minimum=1):
-        if count is not None and len(layer.bottoms) != count:
-            self.fail(layer, f"needs {count} bottom blob(s), has {len(layer.bottoms)}")
-        if len(layer.bottoms) < minimum:
-            self.fail(layer, f"needs at least {minimum} bottom blob(s)")
-        missing = [b for b in layer.bottoms if b not in self.tensor]
-        if missing:
-            self.fail(layer, f"bottom blob(s) {missing} are not produced by any earlier layer")
-        return [self.tensor[b] for b in layer.bottoms]
-
-    def blob(self, layer, index, shape):
-        return layer.blob(index, shape, self.net.weights or self.net.prototxt)
-
-    def check_blob_count(self, layer, expected):
-        if self.net.weights is None:
-            self.fail(layer, "has weights, but no caffemodel was given")
-        if len(layer.blobs) == 0:
-            self.fail(layer, f"has no weights in {self.net.weights} (no layer of that name there)")
-        if len(layer.blobs) not in expected:
-            raise CaffeModelError(f"{self.net.weights}: layer {layer.name!r} ({layer.type}) has {len(layer.blobs)} "
-                                  f"weight blob(s), the layer needs {' or '.join(map(str, expected))}")
-
-    def channels_of(self, layer, tensor):
-        channels = self.g.channels.get(tensor)
-        if channels is None:
-            self.fail(layer, "the number of channels of its input is not known statically")
-        return channels
+    def handle_of(self, blob):
+        return self.tensor.get(blob)
 
     def rank_of(self, tensor):
         return self.g.rank[tensor]
 
-    def axis(self, layer, axis, rank):
-        if not -rank <= axis < rank:
-            self.fail(layer, f"axis {axis} is out of range for a {rank}-D blob")
-        return axis % rank
+    def known_channels(self, tensor):
+        return self.g.channels.get(tensor)
 
     def per_channel(self, values, rank, axis=1):
         """Shape a per-axis constant to broadcast against an N-D tensor at `axis`."""
@@ -168,13 +115,7 @@ class _Exporter:
 
     def run(self):
         g = self.g
-        if self.input_blob not in self.net.inputs:
-            raise ExportError(f"{self.net.prototxt}: input blob {self.input_blob!r} is not an input of the net; "
-                              f"its inputs are {list(self.net.inputs)}")
-        shape = self.net.inputs[self.input_blob]
-        if len(shape) != 4:
-            raise ExportError(f"{self.net.prototxt}: input {self.input_blob!r} has shape {shape}; "
-                              f"only (N, C, H, W) inputs are supported")
+        shape = self.input_shape()
         tensor = self.input_blob
         if g.dtype != np.float32:
             tensor = g.node("Cast", [tensor], f"{self.input_blob}_fp16", to=self._onnx_dtype())
@@ -182,12 +123,7 @@ class _Exporter:
         g.rank[tensor], g.channels[tensor] = 4, shape[1]
         self.input_shape = shape
 
-        handlers = {name[len("layer_"):]: getattr(self, name) for name in dir(self) if name.startswith("layer_")}
-        produced = set()
-        for layer in self.net.layers:
-            if layer.type not in handlers:
-                self.fail(layer, f"layer type {layer.type!r} is not supported by segbench's ONNX exporter "
-                                 f"(supported: {', '.join(sorted(handlers))})")
+        handlers = self.handlers()
         for layer in self.net.layers:
             try:
                 tops = handlers[layer.type](layer)
@@ -195,20 +131,13 @@ class _Exporter:
                 self.fail(layer, str(error))
             if tops is None:
                 continue
-            if len(tops) != len(layer.tops):
-                self.fail(layer, f"needs {len(tops)} top blob(s), has {len(layer.tops)}")
+            self.check_tops(layer, tops)
             for blob, out in zip(layer.tops, tops):
                 self.tensor[blob] = out
-                produced.add(blob)
             self.layer_outputs[layer.name] = list(tops)
 
-        if self.output_blob not in self.tensor:
-            raise ExportError(f"{self.net.prototxt}: output blob {self.output_blob!r} is not produced by the net; "
-                              f"its blobs are {sorted(self.tensor)}")
-        final = self.tensor[self.output_blob]
+        final = self.output_handle(self.tensor)
         self.output_rank = g.rank[final]
-        if final == self.input_blob:
-            raise ExportError(f"{self.net.prototxt}: output blob {self.output_blob!r} is the input itself")
         if g.dtype != np.float32:
             from onnx import TensorProto
             g.nodes.append(g.helper.make_node("Cast", [final], [self.output_blob], name=g.name("output/Cast"),
@@ -246,45 +175,21 @@ class _Exporter:
     # Each returns the ONNX tensor names of the layer's tops (None: the layer defines no tensor).
 
     def layer_Input(self, layer):
-        if layer.tops != [self.input_blob]:
-            others = [t for t in layer.tops if t != self.input_blob]
-            self.fail(layer, f"extra net inputs {others} are not supported (only {self.input_blob!r})")
+        self.check_input_layer(layer)
         return [self.tensor[self.input_blob]]
 
-    def _conv_geometry(self, layer, p):
-        try:
-            kernel = _kernel(p)
-            pad = _pair(p, "pad", 0)
-            stride = _pair(p, "stride", 1)
-            dilation = _pair(p, "dilation", 1, split=False)
-        except ValueError as error:
-            self.fail(layer, str(error))
-        if kernel[0] is None:
-            self.fail(layer, "has no kernel_size")
-        if p.axis != 1 or p.width_group != 1 or p.height_group != 1:
-            self.fail(layer, "axis other than 1 or width_group/height_group are not supported")
-        return kernel, pad, stride, dilation
 
     def _conv(self, layer, transpose):
-        p = layer.param.convolution_param
         (x,) = self.bottoms(layer, 1)
-        kernel, pad, stride, dilation = self._conv_geometry(layer, p)
-        group, out_channels = int(p.group), int(p.num_output)
-        in_channels = self.channels_of(layer, x)
-        if group < 1 or in_channels % group or out_channels % group:
-            self.fail(layer, f"group {group} does not divide {in_channels} input and {out_channels} output channels")
-        self.check_blob_count(layer, [2] if p.bias_term else [1])
-        if transpose:  # Caffe's Deconvolution weights are (C_in, C_out / group, kh, kw), as ConvTranspose's
-            weight = self.blob(layer, 0, (in_channels, out_channels // group) + kernel)
-        else:
-            weight = self.blob(layer, 0, (out_channels, in_channels // group) + kernel)
-        inputs = [x, self.g.const(weight, f"{layer.name}_W")]
-        if p.bias_term:
-            inputs.append(self.g.const(self.blob(layer, 1, (out_channels,)), f"{layer.name}_B"))
+        c = self.convolution(layer, x, transpose)
+        inputs = [x, self.g.const(c["weight"], f"{layer.name}_W")]
+        if c["bias"] is not None:
+            inputs.append(self.g.const(c["bias"], f"{layer.name}_B"))
+        pad = c["pad"]
         out = self.g.node("ConvTranspose" if transpose else "Conv", inputs, layer.tops[0],
-                          kernel_shape=list(kernel), strides=list(stride), dilations=list(dilation),
-                          pads=[pad[0], pad[1], pad[0], pad[1]], group=group)
-        return [self.g.like(out, x, channels=out_channels)]
+                          kernel_shape=list(c["kernel"]), strides=list(c["stride"]), dilations=list(c["dilation"]),
+                          pads=[pad[0], pad[1], pad[0], pad[1]], group=c["group"])
+        return [self.g.like(out, x, channels=c["out_channels"])]
 
     def layer_Convolution(self, layer):
         return self._conv(layer, transpose=False)
@@ -293,41 +198,24 @@ class _Exporter:
         return self._conv(layer, transpose=True)
 
     def layer_InnerProduct(self, layer):
-        p = layer.param.inner_product_param
         (x,) = self.bottoms(layer, 1)
-        if self.axis(layer, p.axis, self.rank_of(x)) != 1:
-            self.fail(layer, "only axis 1 is supported")
-        self.check_blob_count(layer, [2] if p.bias_term else [1])
-        weight = layer.blobs[0]
-        count = weight.size // max(int(p.num_output), 1)
-        weight = self.blob(layer, 0, (count, p.num_output) if p.transpose else (p.num_output, count))
+        weight, bias, outputs = self.inner_product(layer, x)
         flat = self.g.node("Flatten", [x], f"{layer.tops[0]}_flat", axis=1)
         inputs = [flat, self.g.const(weight, f"{layer.name}_W")]
-        if p.bias_term:
-            inputs.append(self.g.const(self.blob(layer, 1, (p.num_output,)), f"{layer.name}_B"))
-        out = self.g.node("Gemm", inputs, layer.tops[0], transB=0 if p.transpose else 1)
-        return [self.g.like(out, x, channels=int(p.num_output), rank=2)]
+        if bias is not None:
+            inputs.append(self.g.const(bias, f"{layer.name}_B"))
+        out = self.g.node("Gemm", inputs, layer.tops[0], transB=1)
+        return [self.g.like(out, x, channels=outputs, rank=2)]
 
     def layer_Pooling(self, layer):
         p = layer.param.pooling_param
         (x,) = self.bottoms(layer, 1)
         g = self.g
-        if p.pool not in (0, 1):
-            self.fail(layer, "only MAX and AVE pooling are supported (not STOCHASTIC)")
-        if self.rank_of(x) != 4:
-            self.fail(layer, "only 4-D (N, C, H, W) inputs are supported")
-        if p.global_pooling:
-            if p.pad or p.pad_h or p.pad_w:
-                self.fail(layer, "global pooling with padding is not supported")
+        window = self.pooling(layer, x)
+        if window is None:
             out = g.node("GlobalMaxPool" if p.pool == 0 else "GlobalAveragePool", [x], layer.tops[0])
             return [g.like(out, x)]
-        kernel = _kernel(p)
-        if kernel[0] is None:
-            self.fail(layer, "has no kernel_size")
-        pad = _pair(p, "pad", 0)
-        stride = _pair(p, "stride", 1)
-        if any(pd >= k for pd, k in zip(pad, kernel)):
-            self.fail(layer, "pad must be smaller than the kernel (as Caffe checks)")
+        kernel, stride, pad = window
 
         # Caffe's output size, per spatial axis, from the runtime size H:
         #   O = ceil((H + 2p - k) / s) + 1   (floor if ceil_mode is false)
@@ -392,11 +280,9 @@ class _Exporter:
 
     def layer_PReLU(self, layer):
         (x,) = self.bottoms(layer, 1)
-        self.check_blob_count(layer, [1])
-        if layer.param.prelu_param.channel_shared:
-            slope = self.blob(layer, 0, ())  # Caffe stores the shared slope as a 0-axis blob
-        else:
-            slope = self.per_channel(self.blob(layer, 0, (self.channels_of(layer, x),)), self.rank_of(x))
+        slope = self.prelu_slope(layer, x)
+        if not layer.param.prelu_param.channel_shared:
+            slope = self.per_channel(slope, self.rank_of(x))
         out = self.g.node("PRelu", [x, self.g.const(slope, f"{layer.name}_slope")], layer.tops[0])
         return [self.g.like(out, x)]
 
@@ -417,14 +303,8 @@ class _Exporter:
 
     def layer_Crop(self, layer):
         x, like = self.bottoms(layer, 2)
-        p = layer.param.crop_param
+        axis, offsets = self.crop(layer, x)
         rank = self.rank_of(x)
-        axis = self.axis(layer, p.axis, rank)
-        offsets = [int(o) for o in p.offset]
-        if len(offsets) not in (0, 1, rank - axis):
-            self.fail(layer, f"has {len(offsets)} offsets; give 1 or one per axis from {axis} ({rank - axis})")
-        offsets = [offsets[0] if len(offsets) == 1 else (offsets[i] if offsets else 0) for i in range(rank - axis)]
-        # Caffe: top shape[i] = bottom[1] shape[i] for i >= axis, starting at the offsets.
         starts = self.g.ints(offsets)
         ends = self.g.node("Add", [starts, self.g.dims(like, axis, rank)])
         out = self.g.node("Slice", [x, starts, ends, self.g.ints(list(range(axis, rank)))], layer.tops[0])
@@ -432,16 +312,9 @@ class _Exporter:
 
     def layer_Eltwise(self, layer):
         inputs = self.bottoms(layer, minimum=2)
-        p = layer.param.eltwise_param
         g = self.g
-        op = {0: "Mul", 1: "Add", 2: "Max"}.get(p.operation)  # PROD, SUM, MAX
-        if op is None:
-            self.fail(layer, f"eltwise operation {p.operation} is not supported")
-        coeffs = [float(c) for c in p.coeff]
-        if coeffs and op != "Add":
-            self.fail(layer, "coefficients are only allowed with operation SUM (as in Caffe)")
-        if coeffs and len(coeffs) != len(inputs):
-            self.fail(layer, f"has {len(coeffs)} coefficients for {len(inputs)} bottoms")
+        operation, coeffs = self.eltwise(layer, len(inputs))
+        op = {"prod": "Mul", "sum": "Add", "max": "Max"}[operation]
         if coeffs and any(c != 1.0 for c in coeffs):
             inputs = [x if c == 1.0 else g.node("Mul", [x, g.const(np.array(c), "coeff")]) for x, c in zip(inputs, coeffs)]
         if op == "Max":
@@ -454,29 +327,15 @@ class _Exporter:
 
     def layer_Concat(self, layer):
         inputs = self.bottoms(layer)
-        p = layer.param.concat_param
-        rank = self.rank_of(inputs[0])
-        axis = self.axis(layer, p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim, rank)
+        axis, channels = self.concat(layer, inputs)
         if len(inputs) == 1:
             return [inputs[0]]
         out = self.g.node("Concat", inputs, layer.tops[0], axis=axis)
-        channels = [self.g.channels.get(x) for x in inputs]
-        merged = (sum(channels) if None not in channels else None) if axis == 1 else channels[0]
-        return [self.g.like(out, inputs[0], channels=merged)]
+        return [self.g.like(out, inputs[0], channels=channels)]
 
     def layer_BatchNorm(self, layer):
         (x,) = self.bottoms(layer, 1)
-        p = layer.param.batch_norm_param
-        if p.HasField("use_global_stats") and not p.use_global_stats:
-            self.fail(layer, "use_global_stats: false normalises with the statistics of each batch; "
-                             "only stored statistics can be exported")
-        self.check_blob_count(layer, [3])
-        channels = self.channels_of(layer, x)
-        mean, var = self.blob(layer, 0, (channels,)), self.blob(layer, 1, (channels,))
-        factor = float(self.blob(layer, 2, (1,))[0])
-        scale = 0.0 if factor == 0 else 1.0 / factor
-        mean, var = mean.astype(np.float64) * scale, var.astype(np.float64) * scale
-        inv_std = 1.0 / np.sqrt(var + float(np.float32(p.eps)))
+        mean, inv_std = self.batch_norm(layer, x)
         rank = self.rank_of(x)
         centred = self.g.node("Sub", [x, self.g.const(self.per_channel(mean, rank), f"{layer.name}_mean")])
         out = self.g.node("Mul", [centred, self.g.const(self.per_channel(inv_std, rank), f"{layer.name}_inv_std")],
@@ -484,27 +343,14 @@ class _Exporter:
         return [self.g.like(out, x)]
 
     def layer_Scale(self, layer):
-        p = layer.param.scale_param
-        if len(layer.bottoms) != 1:
-            self.fail(layer, "only the one-bottom form (learned scale) is supported")
-        (x,) = self.bottoms(layer, 1)
+        x = self.bottoms(layer, minimum=1)[0]
+        axis, scale, bias = self.scale(layer, x)
         rank = self.rank_of(x)
-        axis = self.axis(layer, p.axis, rank)
-        self.check_blob_count(layer, [2] if p.bias_term else [1])
-        stored = layer.blobs[0]
-        count = rank - axis if p.num_axes == -1 else int(p.num_axes)
-        if count == 1 and axis == 1:
-            shape = (self.channels_of(layer, x),)
-        else:
-            shape = stored.shape if len(stored.shape) == count else None
-            if shape is None:
-                self.fail(layer, f"scale blob shape {list(stored.shape)} does not cover {count} axes from {axis}")
-        scale = self.per_channel(self.blob(layer, 0, shape), rank, axis)
-        out = self.g.node("Mul", [x, self.g.const(scale, f"{layer.name}_scale")],
-                          None if p.bias_term else layer.tops[0])
-        if p.bias_term:
-            bias = self.per_channel(self.blob(layer, 1, shape), rank, axis)
-            out = self.g.node("Add", [out, self.g.const(bias, f"{layer.name}_bias")], layer.tops[0])
+        out = self.g.node("Mul", [x, self.g.const(self.per_channel(scale, rank, axis), f"{layer.name}_scale")],
+                          None if bias is None else layer.tops[0])
+        if bias is not None:
+            out = self.g.node("Add", [out, self.g.const(self.per_channel(bias, rank, axis), f"{layer.name}_bias")],
+                              layer.tops[0])
         return [self.g.like(out, x)]
 
     def layer_Power(self, layer):
@@ -535,54 +381,35 @@ class _Exporter:
 
     def layer_Flatten(self, layer):
         (x,) = self.bottoms(layer, 1)
-        p = layer.param.flatten_param
-        rank = self.rank_of(x)
-        start, end = self.axis(layer, p.axis, rank), self.axis(layer, p.end_axis, rank)
-        if end < start:
-            self.fail(layer, f"end_axis {p.end_axis} is before axis {p.axis}")
+        start, end, rank, channels = self.flatten(layer, x)
         g = self.g
+        before = self.rank_of(x)
         parts = ([g.dims(x, 0, start)] if start else []) + [g.ints([-1])] + \
-                ([g.dims(x, end + 1, rank)] if end + 1 < rank else [])
+                ([g.dims(x, end + 1, before)] if end + 1 < before else [])
         shape = g.node("Concat", parts, axis=0) if len(parts) > 1 else parts[0]
         out = g.node("Reshape", [x, shape], layer.tops[0])
-        channels = g.channels.get(x) if start > 1 else None
-        return [g.like(out, x, channels=channels, rank=rank - (end - start))]
+        return [g.like(out, x, channels=channels, rank=rank)]
 
     def layer_Reshape(self, layer):
         (x,) = self.bottoms(layer, 1)
-        p = layer.param.reshape_param
-        rank = self.rank_of(x)
-        start = p.axis if p.axis >= 0 else rank + p.axis + 1
-        end = rank if p.num_axes == -1 else start + p.num_axes
-        if not 0 <= start <= end <= rank:
-            self.fail(layer, f"axis {p.axis} / num_axes {p.num_axes} do not fit a {rank}-D blob")
-        dims = [int(d) for d in p.shape.dim]
-        if dims.count(-1) > 1:
-            self.fail(layer, "at most one dimension may be -1")
+        start, end, dims, rank, channels = self.reshape(layer, x)
         g = self.g
+        before = self.rank_of(x)
         parts = [g.dims(x, 0, start)] if start else []
         for i, d in enumerate(dims):
             # 0 copies the bottom's dimension at the same position (start + i), as in Caffe.
             parts.append(g.dims(x, start + i, start + i + 1) if d == 0 else g.ints([d]))
-        if end < rank:
-            parts.append(g.dims(x, end, rank))
+        if end < before:
+            parts.append(g.dims(x, end, before))
         shape = g.node("Concat", parts, axis=0) if len(parts) > 1 else parts[0]
         out = g.node("Reshape", [x, shape], layer.tops[0])
-        new_rank = start + len(dims) + rank - end
-        channels = g.channels.get(x) if start >= 2 else None  # only needed to check later weights
-        return [g.like(out, x, channels=channels, rank=new_rank)]
+        return [g.like(out, x, channels=channels, rank=rank)]
 
     def layer_Interp(self, layer):
         p = layer.param.interp_param
         inputs = self.bottoms(layer, minimum=1)
-        if len(inputs) > 2:
-            self.fail(layer, "needs 1 or 2 bottoms")
+        sizes = self.interp(layer, inputs)
         x = inputs[0]
-        if self.rank_of(x) != 4:
-            self.fail(layer, "only 4-D (N, C, H, W) inputs are supported")
-        sizes = interp_output_size_spec(p, two_bottoms=len(inputs) == 2)
-        if isinstance(sizes, str):
-            self.fail(layer, sizes)
         g = self.g
         size = g.dims(x, 2, 4)
         pad_beg, pad_end = int(p.pad_beg), int(p.pad_end)
@@ -619,51 +446,6 @@ class _Exporter:
     def layer_Silence(self, layer):
         self.bottoms(layer)
         return None
-
-
-def interp_output_size_spec(p, two_bottoms=False):
-    """How DeepLab's Interp sizes its output, from an InterpParameter (proto2 presence matters).
-
-    ("like",) - the second bottom's H, W; ("fixed", h, w); ("factors", shrink, zoom) applied to
-    the cropped input size; or an error message (str).
-    """
-    if p.pad_beg > 0 or p.pad_end > 0:
-        return "pad_beg/pad_end must be <= 0 (only cropping is supported, as in DeepLab)"
-    has = p.HasField
-    if has("shrink_factor") and not has("zoom_factor"):
-        spec = ("factors", int(p.shrink_factor), 1)
-    elif has("zoom_factor") and not has("shrink_factor"):
-        spec = ("factors", 1, int(p.zoom_factor))
-    elif has("height") and has("width"):
-        spec = ("fixed", int(p.height), int(p.width))
-    elif has("shrink_factor") and has("zoom_factor"):
-        spec = ("factors", int(p.shrink_factor), int(p.zoom_factor))
-    elif two_bottoms:
-        return ("like",)
-    else:
-        return "gives no output size (height and width, zoom_factor, shrink_factor, or a second bottom)"
-    if spec[0] == "factors" and (spec[1] < 1 or spec[2] < 1):
-        return "shrink_factor and zoom_factor must be >= 1"
-    if spec[0] == "fixed" and (spec[1] < 1 or spec[2] < 1):
-        return "height and width must be positive"
-    return spec
-
-
-def interp_output_size(height, width, p, like_hw=None):
-    """Interp's output (H, W) for an input of (height, width), as DeepLab's Reshape computes it."""
-    spec = interp_output_size_spec(p, two_bottoms=like_hw is not None)
-    if isinstance(spec, str):
-        raise ValueError(spec)
-    if spec[0] == "like":
-        return tuple(like_hw)
-    if spec[0] == "fixed":
-        return spec[1], spec[2]
-    out = []
-    for size in (height, width):
-        size += p.pad_beg + p.pad_end
-        size = (size - 1) // spec[1] + 1
-        out.append(size + (size - 1) * (spec[2] - 1))
-    return tuple(out)
 
 
 def build_model(prototxt, weights, input_blob="data", output_blob="score", dtype="float32"):

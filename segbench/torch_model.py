@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import SegbenchError
-from .caffe_model import CaffeModelError, load_net
-from .onnx_export import _kernel, _pair, interp_output_size, interp_output_size_spec
+from .caffe_layers import LayerReader, interp_output_size
+from .caffe_model import load_net
 
 
 class TorchModelError(SegbenchError):
@@ -343,67 +343,34 @@ class CaffeModule(nn.Module):
         return blobs[self.output_blob]
 
 
-class _Builder:
+class _Builder(LayerReader):
     """Builds the step modules, tracking what Caffe knows statically of each blob (rank, channels)."""
 
+    error = TorchModelError
+    engine = "segbench's PyTorch backend"
+
     def __init__(self, net, input_blob, output_blob):
-        self.net, self.input_blob, self.output_blob = net, input_blob, output_blob
+        super().__init__(net, input_blob, output_blob)
         self.rank, self.channels = {}, {}
 
-    def fail(self, layer, what):
-        raise TorchModelError(f"{self.net.prototxt}: layer {layer.name!r} (type {layer.type}): {what}")
+    # A blob's handle is its name: the module passes tensors by blob name.
+    def handle_of(self, blob):
+        return blob if blob in self.rank else None
 
-    def blob(self, layer, index, shape):
-        return _tensor(layer.blob(index, shape, self.net.weights or self.net.prototxt))
+    def rank_of(self, blob):
+        return self.rank[blob]
 
-    def check_blob_count(self, layer, expected):
-        if self.net.weights is None:
-            self.fail(layer, "has weights, but no caffemodel was given")
-        if len(layer.blobs) == 0:
-            self.fail(layer, f"has no weights in {self.net.weights} (no layer of that name there)")
-        if len(layer.blobs) not in expected:
-            raise CaffeModelError(f"{self.net.weights}: layer {layer.name!r} ({layer.type}) has {len(layer.blobs)} "
-                                  f"weight blob(s), the layer needs {' or '.join(map(str, expected))}")
-
-    def channels_of(self, layer, blob):
-        channels = self.channels.get(blob)
-        if channels is None:
-            self.fail(layer, "the number of channels of its input is not known statically")
-        return channels
-
-    def axis(self, layer, axis, rank):
-        if not -rank <= axis < rank:
-            self.fail(layer, f"axis {axis} is out of range for a {rank}-D blob")
-        return axis % rank
-
-    def bottoms(self, layer, count=None, minimum=1):
-        if count is not None and len(layer.bottoms) != count:
-            self.fail(layer, f"needs {count} bottom blob(s), has {len(layer.bottoms)}")
-        if len(layer.bottoms) < minimum:
-            self.fail(layer, f"needs at least {minimum} bottom blob(s)")
-        missing = [b for b in layer.bottoms if b not in self.rank]
-        if missing:
-            self.fail(layer, f"bottom blob(s) {missing} are not produced by any earlier layer")
-        return layer.bottoms
+    def known_channels(self, blob):
+        return self.channels.get(blob)
 
     # -------------------------------------------------------------- driver
 
     def build(self):
         net = self.net
-        if self.input_blob not in net.inputs:
-            raise TorchModelError(f"{net.prototxt}: input blob {self.input_blob!r} is not an input of the net; "
-                                  f"its inputs are {list(net.inputs)}")
-        shape = net.inputs[self.input_blob]
-        if len(shape) != 4:
-            raise TorchModelError(f"{net.prototxt}: input {self.input_blob!r} has shape {shape}; "
-                                  f"only (N, C, H, W) inputs are supported")
+        shape = self.input_shape()
         self.rank[self.input_blob], self.channels[self.input_blob] = 4, shape[1]
 
-        handlers = {name[len("layer_"):]: getattr(self, name) for name in dir(self) if name.startswith("layer_")}
-        for layer in net.layers:  # every unknown type at once, before any weight is converted
-            if layer.type not in handlers:
-                self.fail(layer, f"layer type {layer.type!r} is not supported by segbench's PyTorch backend "
-                                 f"(supported: {', '.join(sorted(handlers))})")
+        handlers = self.handlers()
         steps, wiring, names = [], [], []
         for layer in net.layers:
             try:
@@ -413,8 +380,7 @@ class _Builder:
             if made is None:  # the Input layer: its top is the module's input
                 continue
             module, tops = made
-            if len(tops) != len(layer.tops):
-                self.fail(layer, f"needs {len(tops)} top blob(s), has {len(layer.tops)}")
+            self.check_tops(layer, tops)
             for name, (rank, channels) in zip(layer.tops, tops):
                 self.rank[name], self.channels[name] = rank, channels
             steps.append(module)
@@ -422,11 +388,7 @@ class _Builder:
             names.append(layer.name)
             layer.blobs = []  # the module holds the weights now
 
-        if self.output_blob not in self.rank:
-            raise TorchModelError(f"{net.prototxt}: output blob {self.output_blob!r} is not produced by the net; "
-                                  f"its blobs are {sorted(self.rank)}")
-        if self.output_blob == self.input_blob:
-            raise TorchModelError(f"{net.prototxt}: output blob {self.output_blob!r} is the input itself")
+        self.output_handle(self.rank)
         release = self._plan_memory(steps, wiring)
         return CaffeModule(steps, wiring, release, self.input_blob, self.output_blob, net.name, names)
 
@@ -474,38 +436,14 @@ class _Builder:
     # Each returns (module, [(rank, channels) of each top]), or None for a layer that runs nothing.
 
     def layer_Input(self, layer):
-        if layer.tops != [self.input_blob]:
-            others = [t for t in layer.tops if t != self.input_blob]
-            self.fail(layer, f"extra net inputs {others} are not supported (only {self.input_blob!r})")
+        self.check_input_layer(layer)
         return None
 
     def _conv(self, layer, transpose):
-        p = layer.param.convolution_param
         (x,) = self.bottoms(layer, 1)
-        try:
-            kernel = _kernel(p)
-            pad = _pair(p, "pad", 0)
-            stride = _pair(p, "stride", 1)
-            dilation = _pair(p, "dilation", 1, split=False)
-        except ValueError as error:
-            self.fail(layer, str(error))
-        if kernel[0] is None:
-            self.fail(layer, "has no kernel_size")
-        if p.axis != 1 or p.width_group != 1 or p.height_group != 1:
-            self.fail(layer, "axis other than 1 or width_group/height_group are not supported")
-        if self.rank[x] != 4:
-            self.fail(layer, "only 4-D (N, C, H, W) inputs are supported")
-        group, out_channels = int(p.group), int(p.num_output)
-        in_channels = self.channels_of(layer, x)
-        if group < 1 or in_channels % group or out_channels % group:
-            self.fail(layer, f"group {group} does not divide {in_channels} input and {out_channels} output channels")
-        self.check_blob_count(layer, [2] if p.bias_term else [1])
-        if transpose:
-            weight = self.blob(layer, 0, (in_channels, out_channels // group) + kernel)
-        else:
-            weight = self.blob(layer, 0, (out_channels, in_channels // group) + kernel)
-        bias = self.blob(layer, 1, (out_channels,)) if p.bias_term else None
-        return _Conv(weight, bias, stride, pad, dilation, group, transpose), [(4, out_channels)]
+        c = self.convolution(layer, x, transpose)
+        return (_Conv(_tensor(c["weight"]), None if c["bias"] is None else _tensor(c["bias"]), c["stride"], c["pad"],
+                      c["dilation"], c["group"], transpose), [(4, c["out_channels"])])
 
     def layer_Convolution(self, layer):
         return self._conv(layer, transpose=False)
@@ -514,37 +452,18 @@ class _Builder:
         return self._conv(layer, transpose=True)
 
     def layer_InnerProduct(self, layer):
-        p = layer.param.inner_product_param
         (x,) = self.bottoms(layer, 1)
-        if self.axis(layer, p.axis, self.rank[x]) != 1:
-            self.fail(layer, "only axis 1 is supported")
-        self.check_blob_count(layer, [2] if p.bias_term else [1])
-        count = layer.blobs[0].size // max(int(p.num_output), 1)
-        weight = self.blob(layer, 0, (count, p.num_output) if p.transpose else (p.num_output, count))
-        if p.transpose:
-            weight = weight.t().contiguous()
-        bias = self.blob(layer, 1, (p.num_output,)) if p.bias_term else None
-        return _InnerProduct(weight, bias), [(2, int(p.num_output))]
+        weight, bias, outputs = self.inner_product(layer, x)
+        return _InnerProduct(_tensor(weight), None if bias is None else _tensor(bias)), [(2, outputs)]
 
     def layer_Pooling(self, layer):
         p = layer.param.pooling_param
         (x,) = self.bottoms(layer, 1)
-        if p.pool not in (0, 1):
-            self.fail(layer, "only MAX and AVE pooling are supported (not STOCHASTIC)")
-        if self.rank[x] != 4:
-            self.fail(layer, "only 4-D (N, C, H, W) inputs are supported")
+        window = self.pooling(layer, x)
         top = [(4, self.channels.get(x))]
-        if p.global_pooling:
-            if p.pad or p.pad_h or p.pad_w:
-                self.fail(layer, "global pooling with padding is not supported")
+        if window is None:
             return _GlobalPool(p.pool == 1), top
-        kernel = _kernel(p)
-        if kernel[0] is None:
-            self.fail(layer, "has no kernel_size")
-        pad = _pair(p, "pad", 0)
-        stride = _pair(p, "stride", 1)
-        if any(pd >= k for pd, k in zip(pad, kernel)):
-            self.fail(layer, "pad must be smaller than the kernel (as Caffe checks)")
+        kernel, stride, pad = window
         return _Pool(p.pool == 1, kernel, stride, pad, bool(p.ceil_mode)), top
 
     def _same(self, layer, module):
@@ -557,12 +476,7 @@ class _Builder:
 
     def layer_PReLU(self, layer):
         (x,) = self.bottoms(layer, 1)
-        self.check_blob_count(layer, [1])
-        if layer.param.prelu_param.channel_shared:
-            slope = self.blob(layer, 0, ()).reshape(1)  # Caffe stores the shared slope as a 0-axis blob
-        else:
-            slope = self.blob(layer, 0, (self.channels_of(layer, x),))
-        return self._same(layer, _PReLU(slope))
+        return self._same(layer, _PReLU(_tensor(self.prelu_slope(layer, x))))
 
     def layer_Sigmoid(self, layer):
         return self._same(layer, _Unary(torch.sigmoid))
@@ -583,74 +497,32 @@ class _Builder:
 
     def layer_Crop(self, layer):
         x, like = self.bottoms(layer, 2)
-        p = layer.param.crop_param
-        rank = self.rank[x]
-        axis = self.axis(layer, p.axis, rank)
-        offsets = [int(o) for o in p.offset]
-        if len(offsets) not in (0, 1, rank - axis):
-            self.fail(layer, f"has {len(offsets)} offsets; give 1 or one per axis from {axis} ({rank - axis})")
-        offsets = [offsets[0] if len(offsets) == 1 else (offsets[i] if offsets else 0) for i in range(rank - axis)]
+        axis, offsets = self.crop(layer, x)
         channels = self.channels.get(like) if axis <= 1 else self.channels.get(x)
-        return _Crop(axis, offsets), [(rank, channels)]
+        return _Crop(axis, offsets), [(self.rank[x], channels)]
 
     def layer_Eltwise(self, layer):
         bottoms = self.bottoms(layer, minimum=2)
-        p = layer.param.eltwise_param
-        operation = {0: "prod", 1: "sum", 2: "max"}.get(p.operation)
-        if operation is None:
-            self.fail(layer, f"eltwise operation {p.operation} is not supported")
-        coeffs = [float(c) for c in p.coeff]
-        if coeffs and operation != "sum":
-            self.fail(layer, "coefficients are only allowed with operation SUM (as in Caffe)")
-        if coeffs and len(coeffs) != len(bottoms):
-            self.fail(layer, f"has {len(coeffs)} coefficients for {len(bottoms)} bottoms")
+        operation, coeffs = self.eltwise(layer, len(bottoms))
         x = bottoms[0]
         return _Eltwise(operation, coeffs), [(self.rank[x], self.channels.get(x))]
 
     def layer_Concat(self, layer):
         bottoms = self.bottoms(layer)
-        p = layer.param.concat_param
-        rank = self.rank[bottoms[0]]
-        axis = self.axis(layer, p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim, rank)
-        channels = [self.channels.get(b) for b in bottoms]
-        merged = (sum(channels) if None not in channels else None) if axis == 1 else channels[0]
-        return _Concat(axis), [(rank, merged)]
+        axis, channels = self.concat(layer, bottoms)
+        return _Concat(axis), [(self.rank[bottoms[0]], channels)]
 
     def layer_BatchNorm(self, layer):
         (x,) = self.bottoms(layer, 1)
-        p = layer.param.batch_norm_param
-        if p.HasField("use_global_stats") and not p.use_global_stats:
-            self.fail(layer, "use_global_stats: false normalises with the statistics of each batch; "
-                             "only stored statistics can be computed here")
-        self.check_blob_count(layer, [3])
-        channels = self.channels_of(layer, x)
-        mean = self.blob(layer, 0, (channels,)).double()
-        var = self.blob(layer, 1, (channels,)).double()
-        factor = float(self.blob(layer, 2, (1,))[0])
-        # Caffe keeps running sums: the statistics are the stored ones over the moving-average factor.
-        scale = 0.0 if factor == 0 else 1.0 / factor
-        inv_std = 1.0 / torch.sqrt(var * scale + float(torch.tensor(p.eps, dtype=torch.float32)))
-        module = _Affine((mean * scale).float(), inv_std.float(), None, self.rank[x], 1)
+        mean, inv_std = self.batch_norm(layer, x)
+        module = _Affine(_tensor(mean), _tensor(inv_std), None, self.rank[x], 1)
         return self._same(layer, module)
 
     def layer_Scale(self, layer):
-        p = layer.param.scale_param
-        if len(layer.bottoms) != 1:
-            self.fail(layer, "only the one-bottom form (learned scale) is supported")
-        (x,) = self.bottoms(layer, 1)
-        rank = self.rank[x]
-        axis = self.axis(layer, p.axis, rank)
-        self.check_blob_count(layer, [2] if p.bias_term else [1])
-        stored = layer.blobs[0]
-        count = rank - axis if p.num_axes == -1 else int(p.num_axes)
-        if count == 1 and axis == 1:
-            shape = (self.channels_of(layer, x),)
-        else:
-            shape = stored.shape if len(stored.shape) == count else None
-            if shape is None:
-                self.fail(layer, f"scale blob shape {list(stored.shape)} does not cover {count} axes from {axis}")
-        bias = self.blob(layer, 1, shape) if p.bias_term else None
-        return self._same(layer, _Affine(None, self.blob(layer, 0, shape), bias, rank, axis))
+        x = self.bottoms(layer, minimum=1)[0]
+        axis, scale, bias = self.scale(layer, x)
+        return self._same(layer, _Affine(None, _tensor(scale), None if bias is None else _tensor(bias),
+                                         self.rank[x], axis))
 
     def layer_Power(self, layer):
         p = layer.param.power_param
@@ -662,40 +534,19 @@ class _Builder:
 
     def layer_Flatten(self, layer):
         (x,) = self.bottoms(layer, 1)
-        p = layer.param.flatten_param
-        rank = self.rank[x]
-        start, end = self.axis(layer, p.axis, rank), self.axis(layer, p.end_axis, rank)
-        if end < start:
-            self.fail(layer, f"end_axis {p.end_axis} is before axis {p.axis}")
-        channels = self.channels.get(x) if start > 1 else None
-        return _Flatten(start, end), [(rank - (end - start), channels)]
+        start, end, rank, channels = self.flatten(layer, x)
+        return _Flatten(start, end), [(rank, channels)]
 
     def layer_Reshape(self, layer):
         (x,) = self.bottoms(layer, 1)
-        p = layer.param.reshape_param
-        rank = self.rank[x]
-        start = p.axis if p.axis >= 0 else rank + p.axis + 1
-        end = rank if p.num_axes == -1 else start + p.num_axes
-        if not 0 <= start <= end <= rank:
-            self.fail(layer, f"axis {p.axis} / num_axes {p.num_axes} do not fit a {rank}-D blob")
-        dims = [int(d) for d in p.shape.dim]
-        if dims.count(-1) > 1:
-            self.fail(layer, "at most one dimension may be -1")
-        channels = self.channels.get(x) if start >= 2 else None
-        return _Reshape(start, end, dims), [(start + len(dims) + rank - end, channels)]
+        start, end, dims, rank, channels = self.reshape(layer, x)
+        return _Reshape(start, end, dims), [(rank, channels)]
 
     def layer_Interp(self, layer):
-        p = layer.param.interp_param
         bottoms = self.bottoms(layer, minimum=1)
-        if len(bottoms) > 2:
-            self.fail(layer, "needs 1 or 2 bottoms")
-        if self.rank[bottoms[0]] != 4:
-            self.fail(layer, "only 4-D (N, C, H, W) inputs are supported")
-        spec = interp_output_size_spec(p, two_bottoms=len(bottoms) == 2)
-        if isinstance(spec, str):
-            self.fail(layer, spec)
+        self.interp(layer, bottoms)
         # With two bottoms, interp_output_size still lets explicit sizes win, as DeepLab does.
-        return _Interp(p), [(4, self.channels.get(bottoms[0]))]
+        return _Interp(layer.param.interp_param), [(4, self.channels.get(bottoms[0]))]
 
 
 def build_module(prototxt, weights, input_blob="data", output_blob="score"):

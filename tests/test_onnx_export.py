@@ -20,7 +20,8 @@ import pytest
 
 from segbench.caffe_model import CaffeModelError, load_net
 from segbench.caffe_proto import message_class
-from segbench.onnx_export import ExportError, export_onnx, interp_output_size
+from segbench.caffe_layers import interp_output_size
+from segbench.onnx_export import ExportError, export_onnx
 from segbench.parity import ParityError, compare_caffe_onnx, require_parity
 
 REPO = Path(__file__).resolve().parents[1]

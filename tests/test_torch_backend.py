@@ -18,7 +18,7 @@ from segbench.backends import BackendError  # noqa: E402
 from segbench.backends import torch_backend  # noqa: E402
 from segbench.backends.torch_backend import TorchBackend  # noqa: E402
 from segbench.caffe_model import load_net  # noqa: E402
-from segbench.onnx_export import interp_output_size  # noqa: E402
+from segbench.caffe_layers import interp_output_size  # noqa: E402
 from segbench.torch_model import TorchModelError, build_module  # noqa: E402
 from test_onnx_export import (  # noqa: E402
     CONV, DEMO_PROTOTXT, DEMO_WEIGHTS, INTERP, LAYERS, POOLING, REPO, SIZES, _align_corners_bilinear, _caffe_forward,
