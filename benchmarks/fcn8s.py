@@ -102,6 +102,15 @@ def prototxt():
 
 # --------------------------------------------------------------------------- FLOPs
 
+def _layers():
+    """(name, type, bottoms, top, text) of each layer of prototxt(), in order (it writes one top each)."""
+    import re
+
+    for block in re.findall(r"layer \{.*?\n(?:  .*\n)*", prototxt()):
+        yield (re.search(r'name: "([^"]+)"', block).group(1), re.search(r'type: "([^"]+)"', block).group(1),
+               re.findall(r'bottom: "([^"]+)"', block), re.search(r'top: "([^"]+)"', block).group(1), block)
+
+
 def layer_shapes(height, width):
     """Walk the net at an input size: [(name, type, FLOPs, output (C, H, W))] for every layer after the input.
 
@@ -114,11 +123,7 @@ def layer_shapes(height, width):
 
     shapes = {"data": (3, height, width)}
     rows = []
-    for block in re.findall(r"layer \{.*?\n(?:  .*\n)*", prototxt()):
-        name = re.search(r'name: "([^"]+)"', block).group(1)
-        kind = re.search(r'type: "([^"]+)"', block).group(1)
-        bottoms = re.findall(r'bottom: "([^"]+)"', block)
-        top = re.search(r'top: "([^"]+)"', block).group(1)
+    for name, kind, bottoms, top, block in _layers():
 
         def num(key, default=0):
             match = re.search(rf"{key}: (\d+)", block)
@@ -181,11 +186,7 @@ def param_shapes():
 
     channels = {"data": 3}
     shapes = []
-    for block in re.findall(r"layer \{.*?\n(?:  .*\n)*", prototxt()):
-        name = re.search(r'name: "([^"]+)"', block).group(1)
-        kind = re.search(r'type: "([^"]+)"', block).group(1)
-        bottoms = re.findall(r'bottom: "([^"]+)"', block)
-        top = re.search(r'top: "([^"]+)"', block).group(1)
+    for name, kind, bottoms, top, block in _layers():
         if kind == "Input":
             continue
         c = channels[bottoms[0]]

@@ -68,23 +68,30 @@ def demo_workflow(device, workdir):
             "median_forward_ms": {"cpu": cpu["timing"]["median_s"] * 1000, device: dev["timing"]["median_s"] * 1000}}
 
 
+def fcn8s_passes(backend, prototxt, weights, device, images, warmup, precision="fp32"):
+    """FCN-8s at 500x500 on `backend` in its own process (benchmarks/worker.py): median and p90
+    forward time (ms), load time, peak GPU memory and RSS, and the backend's provenance."""
+    cmd = [sys.executable, str(HERE / "worker.py"), backend, str(prototxt), str(weights), "--images", str(images),
+           "--warmup", str(warmup), "--size", "500x500", "--device", device, "--precision", precision,
+           "--quiet-share", "1e9"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"FCN-8s on {backend} {device} ({precision}) failed ({result.returncode}):\n"
+                         f"{result.stderr[-3000:]}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    times = sorted(out["forward_s"])
+    return {"median_ms": statistics.median(times) * 1000, "p90_ms": float(np.percentile(times, 90)) * 1000,
+            "load_s": out["load_s"], "passes": len(times),
+            "gpu_memory_peak_mb": out["provenance"].get("gpu_memory_peak_mb"), "peak_rss_mb": out["peak_kib"] / 1024,
+            "provenance": out["provenance"]}
+
+
 def fcn8s_forward(device, images, warmup):
     import fcn8s
 
     prototxt, weights, _ = fcn8s.ensure_model(log=lambda m: print(m, file=sys.stderr))
-    cmd = [sys.executable, str(HERE / "worker.py"), "caffe", str(prototxt), str(weights), "--images", str(images),
-           "--warmup", str(warmup), "--size", "500x500", "--device", device, "--quiet-share", "1e9"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"FCN-8s on {device} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    times = sorted(out["forward_s"])
-    median = statistics.median(times) * 1000
-    return {"median_ms": median, "p90_ms": float(np.percentile(times, 90)) * 1000, "load_s": out["load_s"],
-            "passes": len(times), "gpu_memory_peak_mb": out["provenance"].get("gpu_memory_peak_mb"),
-            "peak_rss_mb": out["peak_kib"] / 1024, "vs_torch_fp32_h200": median / TORCH_FP32_H200_MS,
-            "provenance": out["provenance"]}
-
+    result = fcn8s_passes("caffe", prototxt, weights, device, images, warmup)
+    return {**result, "vs_torch_fp32_h200": result["median_ms"] / TORCH_FP32_H200_MS}
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

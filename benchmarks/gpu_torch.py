@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 # FCN-8s layout, 500x500, PyTorch on an H200, median forward (shared notes, gpu.md); fp16 with
@@ -116,22 +114,12 @@ def fcn8s_weights():
 
 
 def fcn8s_forward(device, precision, images, warmup):
-    prototxt, weights = fcn8s_weights()
-    cmd = [sys.executable, str(HERE / "worker.py"), "torch", str(prototxt), str(weights), "--images", str(images),
-           "--warmup", str(warmup), "--size", "500x500", "--device", device, "--precision", precision,
-           "--quiet-share", "1e9"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"FCN-8s on {device} ({precision}) failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    times = sorted(out["forward_s"])
-    median = statistics.median(times) * 1000
-    return {"median_ms": median, "p90_ms": float(np.percentile(times, 90)) * 1000, "load_s": out["load_s"],
-            "passes": len(times), "gpu_memory_peak_mb": out["provenance"].get("gpu_memory_peak_mb"),
-            "peak_rss_mb": out["peak_kib"] / 1024,
-            "vs_h200_notes": median / H200_MS[precision] if device != "cpu" else None,
-            "memory_format": out["provenance"].get("memory_format")}
+    from gpu_caffe import fcn8s_passes
 
+    prototxt, weights = fcn8s_weights()
+    result = fcn8s_passes("torch", prototxt, weights, device, images, warmup, precision)
+    return {**result, "memory_format": result["provenance"].get("memory_format"),
+            "vs_h200_notes": result["median_ms"] / H200_MS[precision] if device != "cpu" else None}
 
 STEPS = [("decode_labels_", "decode ground truth"), ("prepare_inputs_", "decode + resize photos"),
          ("infer_", "inference jobs"), ("score_", "per-image metrics"), ("aggregate", "aggregation"),
