@@ -56,18 +56,38 @@ def _nvml_index(cuda_index):
     return None  # GPU UUIDs or MIG names: not mapped here
 
 
+def _nvml_device(nvml, cuda_index):
+    index = _nvml_index(cuda_index)
+    handle = ctypes.c_void_p()
+    if index is None or nvml.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(handle)) != NVML_SUCCESS:
+        return None
+    return handle
+
+
+def gpu_name(cuda_index):
+    """The name of GPU `cuda_index` as nvidia-smi shows it ("NVIDIA H200"); None if unknown."""
+    nvml = _load(["libnvidia-ml.so.1", "libnvidia-ml.so"])
+    if nvml is None or nvml.nvmlInit_v2() != NVML_SUCCESS:
+        return None
+    try:
+        handle = _nvml_device(nvml, cuda_index)
+        name = ctypes.create_string_buffer(96)
+        if handle is None or nvml.nvmlDeviceGetName(handle, name, ctypes.c_uint(len(name))) != NVML_SUCCESS:
+            return None
+        return name.value.decode(errors="replace")
+    finally:
+        nvml.nvmlShutdown()
+
+
 def memory_used_mb(cuda_index):
     """Memory in use on GPU `cuda_index`, in MiB, by every process (as nvidia-smi shows it); None if unknown."""
     nvml = _load(["libnvidia-ml.so.1", "libnvidia-ml.so"])
-    index = _nvml_index(cuda_index)
-    if nvml is None or index is None or nvml.nvmlInit_v2() != NVML_SUCCESS:
+    if nvml is None or nvml.nvmlInit_v2() != NVML_SUCCESS:
         return None
     try:
-        handle = ctypes.c_void_p()
+        handle = _nvml_device(nvml, cuda_index)
         memory = _NvmlMemory()
-        if nvml.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(handle)) != NVML_SUCCESS:
-            return None
-        if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != NVML_SUCCESS:
+        if handle is None or nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != NVML_SUCCESS:
             return None
         return memory.used / 2**20
     finally:

@@ -54,6 +54,10 @@ def test_output_contract(finished):
         assert prov["backend"] == backend and prov["device"] == "cpu"
         assert prov["backend_module"].endswith({"caffe": "caffe", "opencv": "cv2"}[backend])
         assert os.path.isdir(prov["backend_module"])
+        if backend == "caffe":  # make setup's CPU build here, as its build-info.json says
+            assert prov["backend_cpu_only"] is True
+            assert prov["backend_build"] == {"variant": "segbench", "cpu_only": True, "cuda": None, "cudnn": None,
+                                             "cuda_arch": None}
         assert prov["threads"] >= 1
         assert len(prov["model"]["weights_sha256"]) == 64 and len(prov["model"]["prototxt_sha256"]) == 64
         for key in ("segbench_version", "python_version", "cpu_model", "hostname", "backend_version",

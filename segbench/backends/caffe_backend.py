@@ -68,6 +68,14 @@ def build_info(caffe):
         return {}
 
 
+def build_summary(info):
+    """The parts of a build-info.json that say what the build can run on (None for a Caffe built elsewhere)."""
+    if not info:
+        return None
+    return {"variant": info.get("variant"), "cpu_only": info.get("cpu_only"), "cuda": info.get("cuda"),
+            "cudnn": info.get("cudnn"), "cuda_arch": info.get("cuda_arch")}
+
+
 def caffe_is_cpu_only(caffe):
     library = Path(caffe._caffe.__file__)
     return _CPU_ONLY_MARKER in library.read_bytes()
@@ -167,6 +175,8 @@ class CaffeBackend:
             "backend_version": str(getattr(self.caffe, "__version__", "unknown")),
             "backend_module": str(Path(self.caffe.__file__).parent),
             "backend_cpu_only": caffe_is_cpu_only(self.caffe),
+            # How this Caffe was built (tools/caffe/build.sh): CUDA version, cuDNN major, GPU architectures.
+            "backend_build": build_summary(build_info(self.caffe)),
             "device": self.device,
             "threads": self.threads or _caffe_blas_threads(),
             **self._gpu_memory(),
@@ -178,8 +188,10 @@ class CaffeBackend:
         (as nvidia-smi counts it, CUDA context included; other processes' use would count too)."""
         if self.gpu_memory_before_mb is None:
             return {}
-        now = cuda.memory_used_mb(parse_device(self.device)[1])
-        return {"gpu_memory_peak_mb": None if now is None else now - self.gpu_memory_before_mb}
+        index = parse_device(self.device)[1]
+        now = cuda.memory_used_mb(index)
+        return {"gpu_name": cuda.gpu_name(index),
+                "gpu_memory_peak_mb": None if now is None else now - self.gpu_memory_before_mb}
 
 
 def _caffe_blas_threads():
