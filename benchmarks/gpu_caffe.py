@@ -12,11 +12,16 @@
    process (benchmarks/worker.py): median and p90 forward time, model load time, peak GPU memory of
    the process (NVML), and the ratio to PyTorch's fp32 figure on an H200 (12.4 ms, shared notes).
 
+Which Caffe ran (CUDA version, cuDNN or not, GPU architectures) is in the report: each FCN-8s
+figure belongs to one build. On the project's lent H200, tools/gpu/proof.sh runs this script once per
+carried build (with cuDNN, without it, and with cuDNN under NVIDIA_TF32_OVERRIDE=0).
+
 Prints a report, and writes it as JSON with --json.
 """
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -48,8 +53,8 @@ def demo_workflow(device, workdir):
     config["runs"] = {"caffe-cpu": {"model": "fcn-tiny", "backend": "caffe", "device": "cpu"},
                       "caffe-device": {"model": "fcn-tiny", "backend": "caffe", "device": device}}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake = Path(sys.executable).parent / "snakemake"
-    run = subprocess.run([str(snakemake), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "4"],
+    # As a module of this interpreter: on the GPU machine snakemake is a carried wheel on PYTHONPATH.
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "4"],
                          capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"the workflow failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
@@ -63,8 +68,8 @@ def demo_workflow(device, workdir):
     return {"agreement": same / total, "images": cpu["images"],
             "metric_differences": {k: abs(cpu[k] - dev[k]) for k in METRICS if cpu[k] is not None},
             "device_provenance": {k: dev["provenance"].get(k) for k in
-                                  ("backend", "backend_version", "backend_cpu_only", "device", "gpu_model",
-                                   "gpu_memory_peak_mb")},
+                                  ("backend", "backend_version", "backend_cpu_only", "backend_build", "device",
+                                   "gpu_name", "gpu_memory_peak_mb")},
             "median_forward_ms": {"cpu": cpu["timing"]["median_s"] * 1000, device: dev["timing"]["median_s"] * 1000}}
 
 
@@ -89,7 +94,8 @@ def fcn8s_passes(backend, prototxt, weights, device, images, warmup, precision="
 def fcn8s_forward(device, images, warmup):
     import fcn8s
 
-    prototxt, weights, _ = fcn8s.ensure_model(log=lambda m: print(m, file=sys.stderr))
+    # The same values as ensure_model()'s, written without pycaffe: one file for the torch proof and this one.
+    prototxt, weights = fcn8s.ensure_model_without_caffe(log=lambda m: print(m, file=sys.stderr))
     result = fcn8s_passes("caffe", prototxt, weights, device, images, warmup)
     return {**result, "vs_torch_fp32_h200": result["median_ms"] / TORCH_FP32_H200_MS}
 
@@ -98,20 +104,32 @@ def main():
     parser.add_argument("--device", default="gpu:0")
     parser.add_argument("--images", type=int, default=50, help="timed FCN-8s passes (default 50)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "fcn8s"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    report = {"device": args.device}
-    with tempfile.TemporaryDirectory(prefix="segbench-gpu-") as tmp:
-        demo = report["demo"] = demo_workflow(args.device, Path(tmp))
-    ok = demo["agreement"] >= 0.999 and all(d < 1e-3 for d in demo["metric_differences"].values())
-    print(f"demo, {demo['images']} images, Caffe on cpu and on {args.device}: {demo['agreement']:.5%} of pixels agree; "
-          f"largest metric difference {max(demo['metric_differences'].values()):.2e} -> {'ok' if ok else 'NOT ok'}")
-    print(f"  {args.device}: {demo['device_provenance']}")
-    fcn = report["fcn8s"] = fcn8s_forward(args.device, args.images, args.warmup)
-    print(f"FCN-8s layout, 500x500, Caffe on {args.device}, {fcn['passes']} passes after {args.warmup} warm-up: "
-          f"median {fcn['median_ms']:.2f} ms, p90 {fcn['p90_ms']:.2f} ms, load {fcn['load_s']:.2f} s, "
-          f"peak GPU memory {fcn['gpu_memory_peak_mb']} MB, peak RSS {fcn['peak_rss_mb']:.0f} MB; "
-          f"{fcn['vs_torch_fp32_h200']:.2f}x PyTorch fp32 on an H200 ({TORCH_FP32_H200_MS} ms)")
+    from segbench.backends.caffe_backend import build_info, build_summary, import_caffe
+
+    caffe = import_caffe()
+    build = build_summary(build_info(caffe))
+    tf32 = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    report = {"device": args.device, "caffe": str(Path(caffe.__file__).parent), "build": build,
+              "NVIDIA_TF32_OVERRIDE": tf32}
+    print(f"Caffe at {report['caffe']}: {build}" + (f"; NVIDIA_TF32_OVERRIDE={tf32}" if tf32 is not None else ""))
+    ok = True
+    if "demo" not in args.skip:
+        with tempfile.TemporaryDirectory(prefix="segbench-gpu-") as tmp:
+            demo = report["demo"] = demo_workflow(args.device, Path(tmp))
+        ok = demo["agreement"] >= 0.999 and all(d < 1e-3 for d in demo["metric_differences"].values())
+        print(f"demo, {demo['images']} images, Caffe on cpu and on {args.device}: {demo['agreement']:.5%} of pixels "
+              f"agree; largest metric difference {max(demo['metric_differences'].values()):.2e} -> "
+              f"{'ok' if ok else 'NOT ok'}")
+        print(f"  {args.device}: {demo['device_provenance']}")
+    if "fcn8s" not in args.skip:
+        fcn = report["fcn8s"] = fcn8s_forward(args.device, args.images, args.warmup)
+        print(f"FCN-8s layout, 500x500, Caffe on {args.device}, {fcn['passes']} passes after {args.warmup} warm-up: "
+              f"median {fcn['median_ms']:.2f} ms, p90 {fcn['p90_ms']:.2f} ms, load {fcn['load_s']:.2f} s, "
+              f"peak GPU memory {fcn['gpu_memory_peak_mb']} MB, peak RSS {fcn['peak_rss_mb']:.0f} MB; "
+              f"{fcn['vs_torch_fp32_h200']:.2f}x PyTorch fp32 on an H200 ({TORCH_FP32_H200_MS} ms)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     sys.exit(0 if ok else 1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The torch backend on a GPU, checked as a user with a GPU box would check a set-up (after `make torch`
-there; on the project's lent GPU machine, tools/gpu/torch-proof.sh brings what it lacks):
+there; on the project's lent GPU machine, tools/gpu/proof.sh brings what it lacks):
 
     .venv/bin/python benchmarks/gpu_torch.py                  # device gpu:0
     .venv/bin/python benchmarks/gpu_torch.py --device cpu     # the same checks on the CPU (of the script itself)
@@ -44,7 +44,8 @@ import yaml  # noqa: E402
 # FCN-8s layout, 500x500, PyTorch on an H200, median forward (shared notes, gpu.md); fp16 with
 # channels_last, as the torch backend runs fp16 on a GPU.
 H200_MS = {"fp32": 12.40, "tf32": 3.51, "bf16": 2.44, "fp16": 1.70}
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+# As a module of this interpreter: on the GPU machine snakemake is a carried wheel on PYTHONPATH (tools/gpu/proof.sh).
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def precisions_for(device):
@@ -63,7 +64,7 @@ def caffe_here():
 
 def run_snakemake(workdir, cores):
     start = time.perf_counter()
-    result = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores)],
+    result = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores)],
                             capture_output=True, text=True, cwd=workdir)
     if result.returncode != 0:
         raise SystemExit(f"the workflow failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -107,9 +108,7 @@ def demo_workflow(device, workdir, cores):
 def fcn8s_weights():
     import fcn8s
 
-    if caffe_here():
-        prototxt, weights, _ = fcn8s.ensure_model(log=lambda m: print(m, file=sys.stderr))
-        return prototxt, weights
+    # The same values as pycaffe's ensure_model(), and the same file as benchmarks/gpu_caffe.py's.
     return fcn8s.ensure_model_without_caffe(log=lambda m: print(m, file=sys.stderr))
 
 
