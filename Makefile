@@ -5,12 +5,15 @@
 # make torch   setup, plus the optional torch backend (requirements-torch.txt; CI installs it)
 # make caffe-cuda-check  compile Caffe's CUDA build (with and without cuDNN) against PyPI's
 #              CUDA 13 wheels; needs no GPU (tools/caffe/cuda-compile-check.sh)
+# make gpu-carry  what the project's bare, offline GPU machine needs for tools/gpu/proof.sh:
+#              .gpu-wheels (tools/gpu/wheels.sh) and .gpu-caffe (tools/gpu/caffe-bundle.sh; needs a
+#              python3.12, about 20 minutes on 2 cores the first time)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test torch voc2012 caffe-cuda-check clean
+.PHONY: setup demo test torch voc2012 caffe-cuda-check gpu-carry clean
 
 setup: $(VENV)/.requirements-installed
 	tools/caffe/build.sh $(BIN)/python
@@ -49,6 +52,12 @@ voc2012: setup
 # are unchanged (--fresh in CUDA_CHECK_ARGS rebuilds). Leaves .venv and segbench's Caffe alone.
 caffe-cuda-check: $(VENV)/.requirements-installed
 	tools/caffe/cuda-compile-check.sh $(BIN)/python $(CUDA_CHECK_ARGS)
+
+gpu-carry: $(VENV)/.requirements-installed
+	tools/gpu/wheels.sh $(BIN)/python
+	tools/gpu/caffe-bundle.sh
+	@{ git ls-files -z | xargs -0 cat; cat .gpu-wheels/* .gpu-caffe/*; } | wc -c | \
+	  awk '{printf "carry with the checkout: %.1f MiB (the device tool takes 64 MiB)\n", $$1 / 1048576}'
 
 clean:
 	rm -rf work results logs .snakemake report.html
