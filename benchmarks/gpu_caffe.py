@@ -99,6 +99,11 @@ def fcn8s_forward(device, images, warmup):
     result = fcn8s_passes("caffe", prototxt, weights, device, images, warmup)
     return {**result, "vs_torch_fp32_h200": result["median_ms"] / TORCH_FP32_H200_MS}
 
+def save(report, path):
+    if path:
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="gpu:0")
@@ -124,14 +129,14 @@ def main():
               f"agree; largest metric difference {max(demo['metric_differences'].values()):.2e} -> "
               f"{'ok' if ok else 'NOT ok'}")
         print(f"  {args.device}: {demo['device_provenance']}")
+    save(report, args.json)  # after each part, so that a run cut short keeps what it measured
     if "fcn8s" not in args.skip:
         fcn = report["fcn8s"] = fcn8s_forward(args.device, args.images, args.warmup)
         print(f"FCN-8s layout, 500x500, Caffe on {args.device}, {fcn['passes']} passes after {args.warmup} warm-up: "
               f"median {fcn['median_ms']:.2f} ms, p90 {fcn['p90_ms']:.2f} ms, load {fcn['load_s']:.2f} s, "
               f"peak GPU memory {fcn['gpu_memory_peak_mb']} MB, peak RSS {fcn['peak_rss_mb']:.0f} MB; "
               f"{fcn['vs_torch_fp32_h200']:.2f}x PyTorch fp32 on an H200 ({TORCH_FP32_H200_MS} ms)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    save(report, args.json)
     sys.exit(0 if ok else 1)
 
 

@@ -99,8 +99,8 @@ def demo_workflow(device, workdir, cores):
                      "mean_iou": float(row["mean_iou"]),
                      "mean_iou_diff": float(row["mean_iou_diff"]) if row["mean_iou_diff"] else None,
                      "median_forward_ms": float(row["median_forward_s"]) * 1000,
-                     "provenance": {k: prov.get(k) for k in ("backend_version", "dtype", "memory_format",
-                                                              "cudnn_benchmark", "cuda_version", "cudnn_version",
+                     "provenance": {k: prov.get(k) for k in ("backend_version", "dtype", "memory_format", "tf32_flags",
+                                                              "cudnn_benchmark", "torch_cuda_version", "cudnn_version",
                                                               "gpu_name", "gpu_memory_peak_mb")}}
     return out
 
@@ -162,6 +162,11 @@ def throughput(device, precision, n_images, workdir, cores):
             "inference_jobs_outside_forward_s": steps.get("inference jobs", 0.0) - timing["total_s"]}
 
 
+def save(report, path):
+    if path:
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="gpu:0")
@@ -186,6 +191,7 @@ def main():
             print(f"  {name:22} {row['precision']:5} agreement {agreement if agreement is not None else '-'}"
                   f"{verdict}, mean IoU {row['mean_iou']:.4f} (diff {row['mean_iou_diff']}), median forward "
                   f"{row['median_forward_ms']:.2f} ms; {row['provenance']}")
+    save(report, args.json)  # after each part, so that a run cut short keeps what it measured
     if "fcn8s" not in args.skip:
         report["fcn8s"] = {}
         print(f"FCN-8s layout, 500x500, torch on {args.device}, {args.images} passes after {args.warmup} warm-up:")
@@ -196,6 +202,7 @@ def main():
             print(f"  {precision:5} median {fcn['median_ms']:.2f} ms, p90 {fcn['p90_ms']:.2f} ms, load "
                   f"{fcn['load_s']:.2f} s, peak GPU memory {fcn['gpu_memory_peak_mb']} MB, peak RSS "
                   f"{fcn['peak_rss_mb']:.0f} MB, {fcn['memory_format']}{versus}")
+    save(report, args.json)  # after each part, so that a run cut short keeps what it measured
     if "throughput" not in args.skip:
         precision = "fp16" if args.device != "cpu" else ("bf16" if "bf16" in precisions_for("cpu") else "fp32")
         with tempfile.TemporaryDirectory(prefix="segbench-gpu-throughput-") as tmp:
@@ -208,8 +215,7 @@ def main():
               + ", ".join(f"{k} {v:.1f}" for k, v in sorted(t["step_seconds"].items(), key=lambda kv: -kv[1])))
         print(f"  inference jobs outside the forward passes: {t['inference_jobs_outside_forward_s']:.1f} s "
               f"({t['model_loads']} model loads, {t['model_load_s']:.2f} s each)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    save(report, args.json)
     sys.exit(0 if ok else 1)
 
 

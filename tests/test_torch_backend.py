@@ -177,8 +177,26 @@ def test_provenance_names_what_ran():
     assert prov["threads"] == 1 and prov["cudnn_benchmark"] is False
     assert prov["cudnn_allow_tf32"] is False and prov["cuda_matmul_allow_tf32"] is False
     assert prov["float32_matmul_precision"] == "highest"
+    assert prov["tf32_flags"] == {"cuda_matmul": "ieee", "cudnn_conv": "none"}  # torch's newer API: TF32 off
     assert prov["prototxt"] == str(DEMO_PROTOTXT) and prov["weights"] == str(DEMO_WEIGHTS)
     assert "torch" in prov["backend_module"] and "torch_cuda_version" in prov
+
+
+def test_tf32_is_switched_on_only_for_tf32_runs():
+    """The math switches are global to the process: a tf32 run turns TF32 on for cuBLAS and cuDNN (as torch's
+    newer API reports it too), and the next fp32 run turns it off again."""
+    backend = TorchBackend(prototxt=DEMO_PROTOTXT, weights=DEMO_WEIGHTS, threads=1)
+    try:
+        backend.precision = "tf32"  # refused on a CPU by the constructor; the switches themselves are device-free
+        backend._set_math_flags()
+        prov = backend.provenance()
+        assert prov["cudnn_allow_tf32"] and prov["cuda_matmul_allow_tf32"]
+        assert prov["float32_matmul_precision"] == "high"
+        assert prov["tf32_flags"] == {"cuda_matmul": "tf32", "cudnn_conv": "tf32"}
+    finally:
+        backend.precision = "fp32"
+        backend._set_math_flags()
+    assert backend.provenance()["tf32_flags"] == {"cuda_matmul": "ieee", "cudnn_conv": "none"}
 
 
 # --------------------------------------------------------------------------- refusals

@@ -261,6 +261,7 @@ class TorchBackend:
             "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "tf32_flags": _tf32_flags(torch),
             "threads": torch.get_num_threads(),
             "torch_cuda_version": torch.version.cuda,
             "prototxt": self.prototxt,
@@ -276,3 +277,17 @@ class TorchBackend:
             prov["gpu_compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(self.torch_device)))
             prov["gpu_memory_peak_mb"] = torch.cuda.max_memory_allocated(self.torch_device) / 2**20
         return prov
+
+
+def _tf32_flags(torch):
+    """The TF32 switches as torch 2.9 and later report them (its newer fp32_precision API, onto which
+    the allow_tf32 flags set above are mapped): "tf32" where TF32 is on, "ieee" or "none" where it is
+    off. Read, never set here: mixing the two APIs' setters makes torch refuse to answer. None on
+    older torch."""
+    flags = {}
+    for name, owner in (("cuda_matmul", getattr(torch.backends.cuda, "matmul", None)),
+                        ("cudnn_conv", getattr(torch.backends.cudnn, "conv", None))):
+        value = getattr(owner, "fp32_precision", None)
+        if value is not None:
+            flags[name] = value
+    return flags or None
