@@ -56,42 +56,37 @@ def _nvml_index(cuda_index):
     return None  # GPU UUIDs or MIG names: not mapped here
 
 
-def _nvml_device(nvml, cuda_index):
-    index = _nvml_index(cuda_index)
-    handle = ctypes.c_void_p()
-    if index is None or nvml.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(handle)) != NVML_SUCCESS:
+def _ask_nvml(cuda_index, ask):
+    """ask(nvml, handle) for GPU `cuda_index`, between NVML's init and shutdown; None where NVML or the GPU is not there."""
+    nvml = _load(["libnvidia-ml.so.1", "libnvidia-ml.so"])
+    if nvml is None or nvml.nvmlInit_v2() != NVML_SUCCESS:
         return None
-    return handle
+    try:
+        index = _nvml_index(cuda_index)
+        handle = ctypes.c_void_p()
+        if index is None or nvml.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(handle)) != NVML_SUCCESS:
+            return None
+        return ask(nvml, handle)
+    finally:
+        nvml.nvmlShutdown()
 
 
 def gpu_name(cuda_index):
     """The name of GPU `cuda_index` as nvidia-smi shows it ("NVIDIA H200"); None if unknown."""
-    nvml = _load(["libnvidia-ml.so.1", "libnvidia-ml.so"])
-    if nvml is None or nvml.nvmlInit_v2() != NVML_SUCCESS:
-        return None
-    try:
-        handle = _nvml_device(nvml, cuda_index)
+    def ask(nvml, handle):
         name = ctypes.create_string_buffer(96)
-        if handle is None or nvml.nvmlDeviceGetName(handle, name, ctypes.c_uint(len(name))) != NVML_SUCCESS:
-            return None
-        return name.value.decode(errors="replace")
-    finally:
-        nvml.nvmlShutdown()
+        ok = nvml.nvmlDeviceGetName(handle, name, ctypes.c_uint(len(name))) == NVML_SUCCESS
+        return name.value.decode(errors="replace") if ok else None
+    return _ask_nvml(cuda_index, ask)
 
 
 def memory_used_mb(cuda_index):
     """Memory in use on GPU `cuda_index`, in MiB, by every process (as nvidia-smi shows it); None if unknown."""
-    nvml = _load(["libnvidia-ml.so.1", "libnvidia-ml.so"])
-    if nvml is None or nvml.nvmlInit_v2() != NVML_SUCCESS:
-        return None
-    try:
-        handle = _nvml_device(nvml, cuda_index)
+    def ask(nvml, handle):
         memory = _NvmlMemory()
-        if handle is None or nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != NVML_SUCCESS:
-            return None
-        return memory.used / 2**20
-    finally:
-        nvml.nvmlShutdown()
+        ok = nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) == NVML_SUCCESS
+        return memory.used / 2**20 if ok else None
+    return _ask_nvml(cuda_index, ask)
 
 
 def refuse_unusable_gpu(device, index, cpu_only, gpus, reason, build):
