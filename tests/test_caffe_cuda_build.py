@@ -55,7 +55,8 @@ def test_a_cuda_build_without_a_gpu_is_refused_not_aborted(kind):
     """The real CUDA builds of the check, on this machine with no GPU: gpu:0 is refused before any
     CUDA call, and so is device: cpu on the cuDNN build (its convolutions need a GPU even then)."""
     cache = Path(os.environ.get("SEGBENCH_CACHE", Path.home() / ".cache" / "segbench")) / "cuda-check" / "cache"
-    builds = sorted(cache.glob(f"caffe/segbench-cuda*-{kind}-*/python"))
+    python = "py%d%d" % sys.version_info[:2]  # the check also holds Python 3.12 builds for the GPU machine
+    builds = sorted(cache.glob(f"caffe/segbench-cuda*-{kind}-*-{python}-*/python"))
     assert builds, f"no {kind} build under {cache}: run the compile check first"
     result = subprocess.run([sys.executable, "-c", GUARD, str(builds[-1])], cwd=REPO, capture_output=True,
                             text=True, timeout=300)

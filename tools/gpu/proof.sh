@@ -17,9 +17,12 @@
 #        GPU_CAFFE_ARGS passes options to each (e.g. "--device cpu --images 2" to rehearse on a CPU).
 # torch: benchmarks/gpu_torch.py (the demo at fp32/tf32/fp16/bf16, FCN-8s per precision, the
 #        workflow's throughput on 500 images). GPU_TORCH_ARGS passes options to it.
-# Reports go to $OUT (the device tool's folder; gpu-out/ elsewhere), written as each part ends, so a
-# part that runs out of time leaves the others'.
+# Reports go to $OUT (the device tool's folder; gpu-out/ elsewhere): everything printed in proof.log,
+# and one JSON report per run (gpu_caffe_<cudnn|cudnn-no-tf32|nocudnn>.json, gpu_torch.json: five files,
+# as the device tool returns eight at most), each written as its parts end, so a part that runs out
+# of time leaves the others'.
 set -uo pipefail
+export PYTHONUNBUFFERED=1  # so that proof.log holds what was printed when a run is cut off
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 OUT=${OUT:-gpu-out}
@@ -71,7 +74,7 @@ gpu_caffe() {  # gpu_caffe NAME BUNDLE [ENV=VALUE ...] -- [gpu_caffe.py options]
   caffe_env "$bundle" || { status=1; return; }
   log "caffe $name: starting"
   env LD_LIBRARY_PATH="$CAFFE_LD" PYTHONPATH="$CAFFE_PY:$PYTHONPATH" GLOG_minloglevel=2 "${envs[@]}" \
-    "$PY" benchmarks/gpu_caffe.py --json "$OUT/gpu_caffe_$name.json" "$@" ${GPU_CAFFE_ARGS:-} 2>&1 | tee "$OUT/gpu_caffe_$name.txt"
+    "$PY" benchmarks/gpu_caffe.py --json "$OUT/gpu_caffe_$name.json" "$@" ${GPU_CAFFE_ARGS:-} 2>&1 | tee -a "$OUT/proof.log"
   [ "${PIPESTATUS[0]}" = 0 ] || { status=1; log "caffe $name: FAILED"; return; }
   log "caffe $name: done"
 }
@@ -85,7 +88,7 @@ for part in $parts; do
     torch)
       log "torch: starting"
       # shellcheck disable=SC2086
-      "$PY" benchmarks/gpu_torch.py --json "$OUT/gpu_torch.json" ${GPU_TORCH_ARGS:-} 2>&1 | tee "$OUT/gpu_torch.txt"
+      "$PY" benchmarks/gpu_torch.py --json "$OUT/gpu_torch.json" ${GPU_TORCH_ARGS:-} 2>&1 | tee -a "$OUT/proof.log"
       [ "${PIPESTATUS[0]}" = 0 ] || { status=1; log "torch: FAILED"; continue; }
       log "torch: done" ;;
     *) log "unknown part '$part' (caffe or torch)"; status=2 ;;
