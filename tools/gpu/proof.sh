@@ -54,7 +54,10 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 caffe_env() {
   local name=$1 dir="$CAFFE_DIR/$1" extra=""
   [ -f ".gpu-caffe/$name.tar.xz" ] || { log "no .gpu-caffe/$name.tar.xz (run tools/gpu/caffe-bundle.sh, carry .gpu-caffe)"; return 1; }
-  if [ ! -d "$dir" ]; then mkdir -p "$CAFFE_DIR" && tar xJf ".gpu-caffe/$name.tar.xz" -C "$CAFFE_DIR" || return 1; fi
+  if [ ! -d "$dir" ]; then  # with Python's tarfile: a bare image may have no xz for tar
+    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' \
+      ".gpu-caffe/$name.tar.xz" "$CAFFE_DIR" || { log "cannot unpack .gpu-caffe/$name.tar.xz"; return 1; }
+  fi
   for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
            $(ls -d "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/nvidia/*/lib 2>/dev/null); do
     [ -d "$d" ] && extra="$extra:$d"
