@@ -162,12 +162,9 @@ def throughput(device, precision, n_images, workdir, cores):
             "inference_jobs_outside_forward_s": steps.get("inference jobs", 0.0) - timing["total_s"]}
 
 
-def save(report, path):
-    if path:
-        Path(path).write_text(json.dumps(report, indent=1) + "\n")
-
-
 def main():
+    from gpu_caffe import save
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="gpu:0")
     parser.add_argument("--images", type=int, default=50, help="timed FCN-8s passes per precision (default 50)")
