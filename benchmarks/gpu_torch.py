@@ -17,6 +17,8 @@ there; on the project's lent GPU machine, tools/gpu/proof.sh brings what it lack
 3. The whole workflow on --throughput-images synthetic 500x375/375x500 photos with FCN-8s at fp16
    (bf16 on a CPU that has it, else fp32): images per second end to end against images per second of
    the forward passes alone, and where the rest of the time goes (the job logs' durations per step).
+   Configured as for a GPU box: one inference job (one model load) and batches of images / cores, so
+   that decoding, resizing and scoring run on every core while the GPU works.
 
 Prints a report, and writes it as JSON with --json.
 """
@@ -138,7 +140,7 @@ def step_seconds(workdir):
     return dict(totals)
 
 
-def throughput(device, precision, n_images, workdir, cores):
+def throughput(device, precision, n_images, workdir, cores, batch_size, shard_size):
     import workflow
 
     workflow.write_dataset(workdir / "VOC", n_images)
@@ -148,13 +150,15 @@ def throughput(device, precision, n_images, workdir, cores):
     config["models"] = {"fcn8s": {"prototxt": str(prototxt), "weights": str(weights)}}
     config["runs"] = {"fcn8s-torch": {"model": "fcn8s", "backend": "torch", "device": device,
                                       "precision": precision}}
-    config.pop("batch_size", None)
-    config.get("inference", {}).pop("shard_size", None)
+    # What a GPU box wants: one inference job (one model load) and decoding/metrics spread over the cores.
+    config["batch_size"] = batch_size
+    config.setdefault("inference", {})["shard_size"] = shard_size
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     wall = run_snakemake(workdir, cores)
     timing = json.loads((workdir / "results" / "fcn8s-torch" / "summary.json").read_text())["timing"]
     steps = step_seconds(workdir)
-    return {"images": n_images, "precision": precision, "wall_s": wall, "forward_s": timing["total_s"],
+    return {"images": n_images, "precision": precision, "batch_size": batch_size, "shard_size": shard_size,
+            "wall_s": wall, "forward_s": timing["total_s"],
             "images_per_s_end_to_end": n_images / wall, "images_per_s_forward": n_images / timing["total_s"],
             "forward_ms_per_image": 1000 * timing["total_s"] / n_images,
             "outside_forward_ms_per_image": 1000 * (wall - timing["total_s"]) / n_images,
@@ -171,6 +175,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--throughput-images", type=int, default=500)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="throughput run's batch_size (default: images / cores, so that every core decodes and scores)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="throughput run's inference.shard_size (default: all images, one model load)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "fcn8s", "throughput"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -203,8 +211,12 @@ def main():
     if "throughput" not in args.skip:
         precision = "fp16" if args.device != "cpu" else ("bf16" if "bf16" in precisions_for("cpu") else "fp32")
         with tempfile.TemporaryDirectory(prefix="segbench-gpu-throughput-") as tmp:
-            t = report["throughput"] = throughput(args.device, precision, args.throughput_images, Path(tmp), args.cores)
-        print(f"whole workflow, {t['images']} synthetic photos, FCN-8s {precision} on {args.device}, --cores {args.cores}: "
+            n = args.throughput_images
+            batch = args.batch_size or max(1, -(-n // args.cores))
+            t = report["throughput"] = throughput(args.device, precision, n, Path(tmp), args.cores, batch,
+                                                  args.shard_size or n)
+        print(f"whole workflow, {t['images']} synthetic photos, FCN-8s {precision} on {args.device}, --cores {args.cores}, "
+              f"batch_size {t['batch_size']}, shard_size {t['shard_size']}: "
               f"{t['images_per_s_end_to_end']:.1f} images/s end to end, {t['images_per_s_forward']:.1f} images/s of "
               f"forward passes alone ({t['forward_ms_per_image']:.2f} ms per image forward, "
               f"{t['outside_forward_ms_per_image']:.2f} ms per image outside it)")
