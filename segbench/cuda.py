@@ -80,6 +80,15 @@ def gpu_name(cuda_index):
     return _ask_nvml(cuda_index, ask)
 
 
+def compute_capability(cuda_index):
+    """(major, minor) of GPU `cuda_index` (9, 0 for an H200), without initialising CUDA; None if unknown."""
+    def ask(nvml, handle):
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        ok = nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor)) == NVML_SUCCESS
+        return (major.value, minor.value) if ok else None
+    return _ask_nvml(cuda_index, ask)
+
+
 def memory_used_mb(cuda_index):
     """Memory in use on GPU `cuda_index`, in MiB, by every process (as nvidia-smi shows it); None if unknown."""
     def ask(nvml, handle):

@@ -14,7 +14,7 @@ def test_no_driver_means_no_usable_gpu_and_no_memory_figure():
     gpus, reason = cuda.gpu_count()
     assert gpus == 0 and reason  # says why: no libcuda, or the driver sees none
     assert cuda.memory_used_mb(0) is None
-    assert cuda.gpu_name(0) is None
+    assert cuda.gpu_name(0) is None and cuda.compute_capability(0) is None
 
 
 def test_refusals_name_the_device_and_what_to_do():

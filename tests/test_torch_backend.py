@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segbench import cpu  # noqa: E402
+from segbench import cpu, cuda  # noqa: E402
 from segbench.backends import BackendError  # noqa: E402
 from segbench.backends import torch_backend  # noqa: E402
 from segbench.backends.torch_backend import TorchBackend  # noqa: E402
@@ -212,7 +212,7 @@ def test_gpu_is_refused_by_a_cpu_build_of_torch(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(BackendError, match=r"sees 1 CUDA GPU.*gpu:0 to gpu:0"):
         TorchBackend.check_device("gpu:1")
-    monkeypatch.setattr(torch_backend, "_nvml_compute_capability", lambda index: (7, 5))
+    monkeypatch.setattr(cuda, "compute_capability", lambda index: (7, 5))
     for precision in ("tf32", "bf16"):
         with pytest.raises(BackendError, match="compute capability 8.0.*7.5"):
             TorchBackend.check_device("gpu:0", precision)

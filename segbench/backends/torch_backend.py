@@ -20,7 +20,6 @@ cuDNN autotuning (cudnn.benchmark) runs at the first pass at each new input shap
 run_inference makes untimed and reports as reshape_s.
 """
 
-import ctypes
 import os
 import time
 from pathlib import Path
@@ -59,23 +58,6 @@ def import_torch():
         raise BackendError(f"cannot import torch ({error}); run 'make torch' (requirements-torch.txt), which "
                            f"installs PyTorch into .venv") from None
     return torch
-
-
-def _nvml_compute_capability(index):
-    """(major, minor) of CUDA GPU `index` from NVML, without initialising CUDA; None if unknown."""
-    nvml = cuda._load(["libnvidia-ml.so.1", "libnvidia-ml.so"])
-    nvml_index = cuda._nvml_index(index)
-    if nvml is None or nvml_index is None or nvml.nvmlInit_v2() != 0:
-        return None
-    try:
-        handle, major, minor = ctypes.c_void_p(), ctypes.c_int(), ctypes.c_int()
-        if nvml.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(nvml_index), ctypes.byref(handle)) != 0:
-            return None
-        if nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor)) != 0:
-            return None
-        return major.value, minor.value
-    finally:
-        nvml.nvmlShutdown()
 
 
 def _refuse_capability(device, precision, capability):
@@ -129,7 +111,7 @@ class TorchBackend:
             raise BackendError(f"device {device} asked for, but torch sees {gpus} CUDA GPU(s) here "
                                f"(gpu:0 to gpu:{gpus - 1})")
         if precision in ("tf32", "bf16"):
-            _refuse_capability(device, precision, _nvml_compute_capability(index))
+            _refuse_capability(device, precision, cuda.compute_capability(index))
         return kind
 
     def __init__(self, prototxt, weights, onnx=None, device="cpu", input_blob="data", output_blob="score",
