@@ -54,8 +54,8 @@ def demo_workflow(device, workdir):
                       "caffe-device": {"model": "fcn-tiny", "backend": "caffe", "device": device}}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     # As a module of this interpreter: on the GPU machine snakemake is a carried wheel on PYTHONPATH.
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "4"],
-                         capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                          "--cores", "4"], capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"the workflow failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     same = total = 0
@@ -98,6 +98,7 @@ def fcn8s_forward(device, images, warmup):
     prototxt, weights = fcn8s.ensure_model_without_caffe(log=lambda m: print(m, file=sys.stderr))
     result = fcn8s_passes("caffe", prototxt, weights, device, images, warmup)
     return {**result, "vs_torch_fp32_h200": result["median_ms"] / TORCH_FP32_H200_MS}
+
 
 def save(report, path):
     if path:

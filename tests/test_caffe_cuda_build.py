@@ -71,7 +71,8 @@ def test_a_cuda_build_without_a_gpu_is_refused_not_aborted(kind):
 
 def python312():
     """A Python 3.12 interpreter that runs (pyenv's shim on PATH may not, when 3.12 is not selected)."""
-    candidates = [shutil.which("python3.12"), *sorted(map(str, Path.home().glob(".pyenv/versions/3.12*/bin/python3.12")))]
+    pyenv = sorted(map(str, Path.home().glob(".pyenv/versions/3.12*/bin/python3.12")))
+    candidates = [shutil.which("python3.12"), *pyenv]
     for candidate in filter(None, candidates):
         if subprocess.run([candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 12)"],
                           capture_output=True).returncode == 0:
@@ -116,8 +117,8 @@ def test_gpu_machine_bundle_runs_in_a_python312_stand_in(tmp_path):
     assert out.count("built with cuDNN, which needs a GPU even for device: cpu") == 2, out[-4000:]
     assert "Caffe at " in out and "'cudnn': None, 'cuda_arch': [90]" in out
     assert "FCN-8s layout, 500x500, Caffe on cpu, 2 passes" in out and "caffe nocudnn: done" in out
-    demo = subprocess.run([str(venv / "bin" / "python"), "benchmarks/gpu_caffe.py", "--device", "cpu", "--skip", "fcn8s"],
-                          cwd=REPO, capture_output=True, text=True, timeout=1800,
+    demo = subprocess.run([str(venv / "bin" / "python"), "benchmarks/gpu_caffe.py", "--device", "cpu",
+                           "--skip", "fcn8s"], cwd=REPO, capture_output=True, text=True, timeout=1800,
                           env={**env, "PYTHONPATH": f"{tmp_path}/caffe/caffe-cuda-nocudnn-py312/python:{tmp_path}/site",
                                "LD_LIBRARY_PATH": f"{tmp_path}/caffe/caffe-cuda-nocudnn-py312/lib:{toolkit}/cu13/lib"})
     assert demo.returncode == 0, (demo.stdout + demo.stderr)[-4000:]
